@@ -1,0 +1,18 @@
+"""Margin heads, the ContraFace loss and the training methods built from them."""
+
+from losses.contraface import ContraFace
+from losses.heads import HEADS, ArcFace, CosFace, MarginHead, get_head
+from losses.methods import METHODS, ContraFaceTraining, SingleBranch, build_method
+
+__all__ = [
+    "HEADS",
+    "METHODS",
+    "ArcFace",
+    "ContraFace",
+    "ContraFaceTraining",
+    "CosFace",
+    "MarginHead",
+    "SingleBranch",
+    "build_method",
+    "get_head",
+]

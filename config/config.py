@@ -1,0 +1,92 @@
+"""The one file to edit: the training configuration, as one EasyDict ``config``.
+
+Pick the training set with ``config.dataset`` (or ``train.py --dataset NAME``); its block in
+``DATASETS`` sets the data path, class count, network and schedule. Any key can also be set
+from the command line: ``train.py --set lr=0.05 --set val_targets="['lfw']"``.
+
+The defaults reproduce ContraFace on MS1MV2 (iresnet100, ArcFace s=64 m=0.5, batch 128 per GPU,
+SGD lr 0.1, two-stage training switched at the first LR decay).
+"""
+
+from easydict import EasyDict as edict
+
+config = edict()
+
+# --- method --------------------------------------------------------------------------------
+config.method = "contraface"  # contraface (two-stage) | single (margin-softmax baseline)
+config.head = "arcface"  # arcface | cosface: the margin softmax over class centers
+config.s = 64.0  # head scale
+config.m = 0.5  # head margin (ArcFace 0.5; use 0.35 with cosface)
+
+# ContraFace: stage 1 (single branch) until the first LR decay, then stage 2 (double branch).
+config.dropout = 0.4  # dropout on the flattened feature map in stage 1
+config.dropout2 = 0.6  # ... and in stage 2
+config.weight1 = 0.5  # CE weight of view 1
+config.weight2 = 0.5  # CE weight of view 2
+config.weightC = 0.05  # Contra(x1, x2)
+config.weightC2 = 0.0  # Contra(x2, x1); 0 = the paper's one-direction "pair coupling protocol"
+config.contra_s = 64.0  # scale of the contrastive logits
+config.contra_ema = 0.99  # margin update m <- contra_ema * m_batch + (1 - contra_ema) * m_prev
+
+# --- network -------------------------------------------------------------------------------
+config.embedding_size = 512
+config.use_se = False  # squeeze-and-excitation blocks in the iresnet
+
+# --- optimisation --------------------------------------------------------------------------
+config.momentum = 0.9
+config.weight_decay = 5e-4
+config.warmup_epoch = 0  # linear warm-up over this many epochs (0: none, as the paper)
+config.grad_clip = 5.0  # clip_grad_norm_ of the backbone parameters
+config.amp = "none"  # none (fp32, as the paper) | bf16 | fp16 (with a grad scaler); GPU only
+config.seed = 8
+
+# --- data, evaluation, output --------------------------------------------------------------
+config.val_targets = ["lfw", "cfp_fp", "agedb_30", "calfw", "cplfw"]  # .bin files in `rec`
+config.eval_step = 0  # evaluate every N steps; 0 = once per epoch
+config.eval_batch_size = 128
+config.save_step = 0  # checkpoint every N steps; 0 = once per epoch
+config.keep_checkpoints = 2  # training checkpoints kept in the output folder
+config.frequent = 50  # log every N steps
+config.output = ""  # "" = work_dirs/<dataset>_<network>_<method>
+
+# --- datasets --------------------------------------------------------------------------------
+# Every block sets the same keys (the loader checks), so --dataset can switch blocks cleanly.
+# shrink_epoch is 1-based as in the paper: the LR is multiplied by 0.1 when the 0-based epoch
+# index reaches shrink_epoch[i] - 1, and ContraFace switches to stage 2 at shrink_epoch[0] - 1.
+# network_width: channels of the first iresnet stage (64 = the standard network).
+# batch_size is per process (per GPU); num_workers are DataLoader workers per process.
+DATASETS = {
+    "emore": edict(  # MS1MV2 (faces_emore)
+        rec="data/faces_emore", num_classes=85742, num_image=5822653,
+        network="iresnet100", network_width=64, batch_size=128, lr=0.1, num_workers=8,
+        num_epoch=24, shrink_epoch=[8, 14, 20],
+    ),
+    "webface": edict(  # CASIA-WebFace
+        rec="data/faces_webface_112x112", num_classes=10572, num_image=490623,
+        network="iresnet50", network_width=64, batch_size=128, lr=0.1, num_workers=8,
+        num_epoch=40, shrink_epoch=[22, 30],
+    ),
+    "ms1mv3": edict(  # MS1M-RetinaFace
+        rec="data/ms1m-retinaface-t1", num_classes=93431, num_image=5179510,
+        network="iresnet100", network_width=64, batch_size=128, lr=0.1, num_workers=8,
+        num_epoch=24, shrink_epoch=[8, 14, 20],
+    ),
+    "glint360k": edict(  # not tuned by the paper: the MS1MV2 recipe, 20 epochs
+        rec="data/glint360k", num_classes=360232, num_image=17091657,
+        network="iresnet100", network_width=64, batch_size=128, lr=0.1, num_workers=8,
+        num_epoch=20, shrink_epoch=[8, 14, 18],
+    ),
+    "webface42m": edict(  # not tuned by the paper; its 2M-class head is 4 GB of fp32 weights
+        rec="data/webface42m", num_classes=2059906, num_image=42474557,
+        network="iresnet100", network_width=64, batch_size=128, lr=0.1, num_workers=8,
+        num_epoch=20, shrink_epoch=[8, 14, 18],
+    ),
+    "synthetic": edict(  # CPU-sized; make it with: python -m tools.make_synthetic
+        rec="data/synthetic", num_classes=0, num_image=0,  # 0: read from the data
+        network="iresnet18", network_width=8, batch_size=64, lr=0.1, num_workers=2,
+        num_epoch=6, shrink_epoch=[4, 6],
+    ),
+}
+
+config.dataset = "emore"
+config.update(DATASETS[config.dataset])
