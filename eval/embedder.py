@@ -1,0 +1,286 @@
+"""Embedder: aligned 112x112 RGB uint8 face crops -> embeddings, from a torch backbone or ONNX.
+
+Used by every evaluation (verification bins, IJB, MegaFace) so preprocessing is defined once:
+pixels are normalised as ``(x / 255 - 0.5) / 0.5`` (the insightface convention), embeddings are
+returned raw (not L2-normalised). Flip-test is the caller's job: pass mirrored crops
+(``images[:, :, ::-1]`` for NHWC) and add the two embeddings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from backbones import get_backbone
+from utils.checkpoint import (
+    CheckpointError,
+    apply_state,
+    extract_backbone_state,
+    infer_network,
+    load_state,
+)
+
+__all__ = [
+    "Embedder",
+    "IMAGE_SIZE",
+    "load_backbone",
+    "default_device",
+    "default_amp_dtype",
+    "to_nchw_uint8",
+]
+
+log = logging.getLogger(__name__)
+
+IMAGE_SIZE = 112
+
+
+def default_device() -> torch.device:
+    """cuda if available, else cpu."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_amp_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 on CUDA devices that support it, fp16 on other CUDA devices, None (fp32) on CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def to_nchw_uint8(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Check a uint8 image batch (NHWC numpy or NCHW tensor, either accepted) -> NCHW uint8 tensor.
+
+    The result may be a non-contiguous view; batches are made contiguous when they are sliced.
+    """
+    if isinstance(images, np.ndarray):
+        if images.dtype != np.uint8:
+            raise TypeError(
+                f"Embedder: expected uint8 images (raw 0-255 pixels; the Embedder normalises), "
+                f"got a numpy array of {images.dtype}"
+            )
+        # torch.from_numpy refuses negative strides (a view such as images[:, :, ::-1]).
+        if any(s < 0 for s in images.strides):
+            images = np.ascontiguousarray(images)
+        tensor = torch.from_numpy(images)
+    elif isinstance(images, torch.Tensor):
+        if images.dtype != torch.uint8:
+            raise TypeError(
+                f"Embedder: expected uint8 images (raw 0-255 pixels; the Embedder normalises), "
+                f"got a tensor of {images.dtype}"
+            )
+        tensor = images
+    else:
+        raise TypeError(
+            f"Embedder: expected a numpy array or torch tensor, got {type(images).__name__}"
+        )
+    if tensor.ndim != 4:
+        raise ValueError(
+            f"Embedder: expected a batch (N, 112, 112, 3) or (N, 3, 112, 112), got shape "
+            f"{tuple(tensor.shape)} (add a batch axis for a single image)"
+        )
+    if tensor.shape[-1] == 3 and tensor.shape[1] != 3:
+        tensor = tensor.permute(0, 3, 1, 2)
+    if tuple(tensor.shape[1:]) != (3, IMAGE_SIZE, IMAGE_SIZE):
+        raise ValueError(
+            f"Embedder: expected aligned {IMAGE_SIZE}x{IMAGE_SIZE} RGB crops, (N, 112, 112, 3) "
+            f"numpy or (N, 3, 112, 112) tensor, got shape {tuple(images.shape)}"
+        )
+    return tensor
+
+
+def normalise(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 NCHW -> float32 in [-1, 1], computed exactly as insightface's verification test."""
+    return ((batch.float() / 255) - 0.5) / 0.5
+
+
+class Embedder:
+    """Aligned 112x112 RGB uint8 face crops -> embeddings (not L2-normalised)."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[torch.Tensor], np.ndarray],
+        device: torch.device,
+        batch_size: int,
+        source: str,
+        embedding_size: int | None = None,
+        fixed_batch: int | None = None,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"Embedder: batch_size must be >= 1, got {batch_size}")
+        self._run_batch = run_batch
+        self.device = device
+        self.batch_size = fixed_batch or batch_size
+        self.fixed_batch = fixed_batch  # ONNX models exported with a fixed batch axis
+        self.source = source
+        self._embedding_size = embedding_size
+
+    # -- constructors ------------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls,
+        weights: str,
+        network: str | None = None,
+        device: str | None = None,
+        batch_size: int = 128,
+        amp: bool | None = None,
+        **backbone_kwargs: Any,
+    ) -> "Embedder":
+        """Build from a checkpoint (any layout utils.checkpoint reads) or an ``.onnx`` file."""
+        weights = os.fspath(weights)
+        if weights.lower().endswith(".onnx"):
+            return cls.from_onnx(weights, batch_size=batch_size, device=device)
+        backbone, meta = load_backbone(weights, network, **backbone_kwargs)
+        embedder = cls.from_module(
+            backbone, device=device or default_device(), batch_size=batch_size, amp=amp
+        )
+        embedder.source = f"{weights} ({meta['network']})"
+        return embedder
+
+    @classmethod
+    def from_module(
+        cls,
+        module: nn.Module,
+        device: str | torch.device | None = None,
+        batch_size: int = 128,
+        amp: bool | None = None,
+    ) -> "Embedder":
+        """Wrap a backbone; device default: where its parameters are; amp default: on for CUDA."""
+        if device is None:
+            param = next(module.parameters(), None)
+            device = param.device if param is not None else default_device()
+        device = torch.device(device)
+        module.to(device)
+        if amp is None:
+            amp = device.type == "cuda"
+        amp_dtype = default_amp_dtype(device) if amp else None
+        if amp and amp_dtype is None:
+            # CPU autocast (bf16) is slow on most CPUs and changes results: keep fp32.
+            log.warning("Embedder: AMP requested on %s; running fp32 (AMP is for CUDA)", device)
+
+        @torch.inference_mode()
+        def run_batch(batch: torch.Tensor) -> np.ndarray:
+            x = normalise(batch.to(device, non_blocking=True))
+            was_training = module.training
+            module.eval()
+            try:
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    out = module(x)
+            finally:
+                module.train(was_training)  # a callback may embed mid-training
+            return out.float().cpu().numpy()
+
+        return cls(run_batch, device, batch_size, source=type(module).__name__)
+
+    @classmethod
+    def from_onnx(
+        cls,
+        path: str,
+        batch_size: int = 128,
+        device: str | None = None,
+        intra_op_threads: int | None = None,
+    ) -> "Embedder":
+        """onnxruntime session; CUDAExecutionProvider when available and device is not 'cpu'."""
+        import onnxruntime as ort  # imported lazily: torch-only users do not need it loaded
+
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"ONNX model {path} not found")
+        providers = ["CPUExecutionProvider"]
+        if (device is None or str(device).startswith("cuda")) and (
+            "CUDAExecutionProvider" in ort.get_available_providers()
+        ):
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            options = ort.SessionOptions()
+            if intra_op_threads:
+                options.intra_op_num_threads = intra_op_threads
+            session = ort.InferenceSession(path, options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise CheckpointError(f"{path}: onnxruntime cannot load this model ({exc})") from exc
+        inp, out = session.get_inputs()[0], session.get_outputs()[0]
+        if len(inp.shape) != 4:
+            raise CheckpointError(
+                f"{path}: expected a 4-d image input, got {inp.name} with shape {inp.shape}"
+            )
+        fixed = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
+        emb = out.shape[1] if len(out.shape) == 2 and isinstance(out.shape[1], int) else None
+
+        def run_batch(batch: torch.Tensor) -> np.ndarray:
+            n = batch.shape[0]
+            x = normalise(batch).numpy()
+            if fixed is not None and n < fixed:
+                # A fixed-batch export: pad the last batch, drop the padding afterwards.
+                x = np.concatenate([x, np.zeros((fixed - n, *x.shape[1:]), np.float32)])
+            return np.asarray(session.run([out.name], {inp.name: x})[0], dtype=np.float32)[:n]
+
+        return cls(
+            run_batch, torch.device("cpu"), batch_size, path, embedding_size=emb, fixed_batch=fixed
+        )
+
+    # -- inference ---------------------------------------------------------------------------
+
+    @property
+    def embedding_size(self) -> int:
+        """Embedding dimension D (found with one dummy batch the first time it is asked)."""
+        if self._embedding_size is None:
+            dummy = torch.zeros((1, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
+            self._embedding_size = int(self._run_batch(dummy).shape[1])
+        return self._embedding_size
+
+    def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        """(N,112,112,3) uint8 numpy or (N,3,112,112) uint8 tensor -> float32 (N, D) numpy."""
+        batch = to_nchw_uint8(images)
+        n = batch.shape[0]
+        if n == 0:
+            return np.zeros((0, self.embedding_size), np.float32)
+        chunks = []
+        for start in range(0, n, self.batch_size):
+            chunk = batch[start : start + self.batch_size].contiguous()
+            chunks.append(self._run_batch(chunk))
+        out = np.concatenate(chunks, axis=0).astype(np.float32, copy=False)
+        if self._embedding_size is None:
+            self._embedding_size = int(out.shape[1])
+        return out
+
+    def __repr__(self) -> str:
+        return f"Embedder({self.source}, device={self.device}, batch_size={self.batch_size})"
+
+
+def load_backbone(
+    weights: str, network: str | None = None, **backbone_kwargs: Any
+) -> tuple[nn.Module, dict]:
+    """Build the backbone for a checkpoint and load it (CPU, eval mode); return (module, metadata).
+
+    ``network=None`` takes the name and kwargs stored in our checkpoints or infers them from the
+    key layout of foreign ones; explicit ``backbone_kwargs`` override stored ones. The metadata is
+    utils.checkpoint's plus ``network`` / ``network_kwargs`` as built.
+    """
+    weights = os.fspath(weights)
+    # Read the file once: it gives both the weights and (ours) the network to build.
+    state, meta = extract_backbone_state(load_state(weights), weights)
+    if network is None:
+        network, saved_kwargs = _network_from_checkpoint(weights, state, meta)
+        backbone_kwargs = {**saved_kwargs, **backbone_kwargs}
+    backbone = get_backbone(network, **backbone_kwargs)
+    apply_state(backbone, state, meta)
+    meta.pop("header", None)  # class centers: large and useless for embedding
+    meta.update(network=network, network_kwargs=backbone_kwargs)
+    return backbone.eval(), meta
+
+
+def _network_from_checkpoint(path: str, state: dict, meta: dict) -> tuple[str, dict[str, Any]]:
+    """Network name + kwargs from our checkpoints' metadata, else inferred from the key layout."""
+    if meta.get("network"):
+        return meta["network"], dict(meta.get("network_kwargs") or {})
+    guess = infer_network(state)
+    if guess is None or guess[0] is None:
+        raise ValueError(
+            f"{path}: no network name stored in this checkpoint and its layout is not a known "
+            f"one{f' ({guess[2]})' if guess else ''}; pass network= (e.g. 'iresnet50')"
+        )
+    log.info("%s: network inferred from the weights: %s", path, guess[2])
+    return guess[0], guess[1]

@@ -1,0 +1,244 @@
+"""eval.embedder and eval.evaluation on tiny models and tiny synthetic verification bins."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from backbones import get_backbone
+from eval import evaluation, verification
+from eval.embedder import Embedder, load_backbone
+from utils.checkpoint import export_backbone
+
+TINY = {"width": 8, "num_features": 16}
+N_PAIRS = 10  # the 10-fold protocol needs at least 10 pairs
+
+
+def tiny(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return get_backbone("iresnet18", **TINY).eval()
+
+
+def smooth_images(rng: np.random.Generator, n: int) -> np.ndarray:
+    """n random low-frequency 112x112 RGB images (survive JPEG, differ from each other)."""
+    small = rng.integers(0, 256, size=(n, 7, 7, 3)).astype(np.uint8)
+    return np.stack([cv2.resize(s, (112, 112), interpolation=cv2.INTER_CUBIC) for s in small])
+
+
+def write_bin(path, seed: int, n_pairs: int = N_PAIRS) -> None:
+    """A .bin as the public ones: pickle of (list of JPEG bytes, list of bool), 2 images per pair.
+
+    Same-identity pairs are one image and a slightly noisy copy, so even an untrained network
+    separates them from the different pairs (the accuracy is well above chance).
+    """
+    rng = np.random.default_rng(seed)
+    images, issame = [], []
+    for i in range(n_pairs):
+        same = i % 2 == 0
+        a, b = smooth_images(rng, 2)
+        if same:
+            b = np.clip(a.astype(int) + rng.integers(-6, 7, size=a.shape), 0, 255).astype(np.uint8)
+        for img in (a, b):
+            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+            assert ok
+            images.append(buf.tobytes())
+        issame.append(same)
+    with open(path, "wb") as f:
+        pickle.dump((images, issame), f, protocol=2)
+
+
+# -- Embedder ----------------------------------------------------------------------------------
+
+
+def test_embedder_matches_manual_forward_and_layouts():
+    model = tiny(1)
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, size=(5, 112, 112, 3), dtype=np.uint8)
+    embedder = Embedder.from_module(model, batch_size=2)  # 3 batches, the last one short
+    out = embedder(imgs)
+    assert out.dtype == np.float32 and out.shape == (5, 16) and embedder.embedding_size == 16
+    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float()
+    with torch.no_grad():
+        expected = model(((x / 255) - 0.5) / 0.5).numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    # NCHW torch tensor input gives the same numbers; a mirrored view (negative strides) works.
+    np.testing.assert_array_equal(embedder(torch.from_numpy(imgs).permute(0, 3, 1, 2)), out)
+    flipped = embedder(imgs[:, :, ::-1])
+    np.testing.assert_allclose(flipped, embedder(np.ascontiguousarray(imgs[:, :, ::-1])), atol=1e-6)
+    assert np.abs(flipped - out).max() > 1e-3
+    assert embedder(imgs[:0]).shape == (0, 16)
+
+
+def test_embedder_rejects_bad_input_and_restores_train_mode():
+    model = tiny(1).train()
+    embedder = Embedder.from_module(model)
+    with pytest.raises(TypeError, match="uint8"):
+        embedder(np.zeros((1, 112, 112, 3), np.float32))
+    with pytest.raises(ValueError, match="112x112"):
+        embedder(np.zeros((1, 96, 96, 3), np.uint8))
+    with pytest.raises(ValueError, match="batch"):
+        embedder(np.zeros((112, 112, 3), np.uint8))
+    mean_before = model.bn1.running_mean.clone()
+    embedder(np.full((2, 112, 112, 3), 200, np.uint8))
+    assert model.training  # given back in train mode
+    assert torch.equal(model.bn1.running_mean, mean_before)  # ran in eval mode: BN stats untouched
+
+
+def test_embedder_load_reads_network_from_checkpoint(tmp_path):
+    model = tiny(3)
+    export_backbone(model, tmp_path / "model.pt", "iresnet18", TINY)
+    embedder = Embedder.load(str(tmp_path / "model.pt"), device="cpu", batch_size=4)
+    imgs = np.random.default_rng(1).integers(0, 256, size=(3, 112, 112, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(embedder(imgs), Embedder.from_module(model)(imgs))
+    # A ContraFace-style file without metadata: network inferred from the key layout.
+    torch.save({f"backbone.{k}": v for k, v in model.state_dict().items()}, tmp_path / "5model.pth")
+    backbone, meta = load_backbone(str(tmp_path / "5model.pth"))
+    assert (meta["network"], meta["network_kwargs"]) == ("iresnet18", TINY)
+    np.testing.assert_array_equal(Embedder.from_module(backbone)(imgs), embedder(imgs))
+
+
+# -- evaluation CLI ----------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def bins(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_bin(data / "lfw.bin", seed=10)
+    write_bin(data / "cfp_fp.bin", seed=11)
+    return data
+
+
+def test_evaluation_cli_folder_of_checkpoints(tmp_path, bins, capsys):
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    ours, contraface = tiny(1), tiny(2)
+    export_backbone(ours, ckpts / "model.pt", "iresnet18", TINY)
+    torch.save(
+        {
+            **{f"backbone.{k}": v for k, v in contraface.state_dict().items()},
+            "header.kernel": torch.randn(16, 4),
+        },
+        ckpts / "2000model.pth",
+    )
+    out = tmp_path / "results.json"
+    argv = ["--weights", str(ckpts), "--data-dir", str(bins), "--targets", "lfw,cfp_fp,agedb_30",
+            "--batch-size", "40", "--output", str(out), "--device", "cpu"]
+    evaluation.main(argv)
+    result = json.loads(out.read_text())
+    assert result["targets"] == ["lfw", "cfp_fp"] and result["missing_targets"] == ["agedb_30"]
+    names = [r["name"] for r in result["checkpoints"]]
+    assert names == ["2000model.pth", "model.pt"]
+    for record, model in zip(result["checkpoints"], (contraface, ours)):
+        assert record["network"] == "iresnet18" and record["network_kwargs"] == TINY
+        assert set(record["results"]) == {"lfw", "cfp_fp"}
+        for target in ("lfw", "cfp_fp"):
+            data_set = verification.load_bin(bins / f"{target}.bin", (112, 112))
+            acc1, _, acc2, std2, xnorm, _ = verification.test(
+                data_set, model, 40, 10, device="cpu"
+            )
+            got = record["results"][target]
+            assert got["acc2"] == pytest.approx(acc2, abs=1e-12)
+            assert got["acc1"] == pytest.approx(acc1, abs=1e-12)
+            assert got["std2"] == pytest.approx(std2, abs=1e-12)
+            assert got["xnorm"] == pytest.approx(xnorm, rel=1e-6)
+            assert got["acc2"] >= 0.8  # the synthetic pairs are easy: the numbers are not noise
+        accuracies = [record["results"][t]["acc2"] for t in ("lfw", "cfp_fp")]
+        assert record["mean_acc2"] == pytest.approx(np.mean(accuracies))
+    assert result["checkpoints"][0]["step"] == 2000
+    table = capsys.readouterr().out
+    assert "2000model.pth" in table and "mean" in table and "cfp_fp" in table
+    assert f"{result['checkpoints'][1]['results']['lfw']['acc2'] * 100:.2f}" in table
+    # The results are never overwritten silently.
+    with pytest.raises(FileExistsError, match="--force"):
+        evaluation.main(argv)
+    argv[argv.index("lfw,cfp_fp,agedb_30")] = "lfw"
+    evaluation.main(argv + ["--force"])
+    assert json.loads(out.read_text())["targets"] == ["lfw"]
+
+
+def test_evaluation_skips_non_backbone_files_in_folder(tmp_path, bins):
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    export_backbone(tiny(1), ckpts / "model.pt", "iresnet18", TINY)
+    torch.save({"kernel": torch.randn(16, 4)}, ckpts / "2000header.pth")  # ElasticFace head file
+    result = evaluation.main(["--weights", str(ckpts), "--data-dir", str(bins), "--targets", "lfw",
+                              "--device", "cpu"])
+    by_name = {r["name"]: r for r in result["checkpoints"]}
+    assert "error" in by_name["2000header.pth"] and "results" not in by_name["2000header.pth"]
+    assert by_name["model.pt"]["results"]["lfw"]["acc2"] >= 0.8
+
+
+def test_evaluation_single_checkpoint_with_explicit_network(tmp_path, bins):
+    model = tiny(4)
+    torch.save(model.state_dict(), tmp_path / "backbone.pth")  # insightface layout
+    result = evaluation.main(["--weights", str(tmp_path / "backbone.pth"), "--data-dir", str(bins),
+                              "--targets", "lfw", "--network", "iresnet18", "--width", "8",
+                              "--num-features", "16", "--device", "cpu"])
+    data_set = verification.load_bin(bins / "lfw.bin")
+    acc2 = verification.test(data_set, model, 128, 10, device="cpu")[2]
+    assert result["checkpoints"][0]["results"]["lfw"]["acc2"] == pytest.approx(acc2, abs=1e-12)
+    # A wrong architecture for a single file is an error, not a skipped row.
+    with pytest.raises(Exception, match="iresnet18"):
+        evaluation.main(["--weights", str(tmp_path / "backbone.pth"), "--data-dir", str(bins),
+                         "--targets", "lfw", "--network", "iresnet34", "--width", "8",
+                         "--num-features", "16", "--device", "cpu"])
+
+
+def test_evaluation_no_bins_is_an_error(tmp_path):
+    export_backbone(tiny(1), tmp_path / "model.pt", "iresnet18", TINY)
+    with pytest.raises(SystemExit, match="none of the targets"):
+        evaluation.main(["--weights", str(tmp_path / "model.pt"), "--data-dir", str(tmp_path),
+                         "--device", "cpu"])
+
+
+def test_verify_embeddings_matches_verification_test(bins):
+    # The ONNX path's arithmetic is verification.test's: same embeddings -> same metrics.
+    model = tiny(5)
+    data_set = verification.load_bin(bins / "lfw.bin")
+    acc1, std1, acc2, std2, xnorm, emb_list = verification.test(
+        data_set, model, 40, 10, device="cpu"
+    )
+    got = evaluation.verify_embeddings(emb_list, data_set[1], 10)
+    assert (got["acc1"], got["std1"], got["acc2"], got["std2"]) == (acc1, std1, acc2, std2)
+    assert got["xnorm"] == pytest.approx(xnorm)
+    embedder = Embedder.from_module(model, batch_size=40)
+    via_embedder = evaluation.evaluate_onnx(embedder, data_set, 10)
+    assert via_embedder["acc2"] == pytest.approx(acc2, abs=1e-12)
+
+
+def test_format_table():
+    records = [
+        {
+            "name": "a.pt",
+            "results": {"lfw": {"acc2": 0.99}, "cfp_fp": {"acc2": 0.9}},
+            "mean_acc2": 0.945,
+        },
+        {"name": "bad.pth", "error": "x"},
+    ]
+    lines = evaluation.format_table(records, ["lfw", "cfp_fp"]).splitlines()
+    assert lines[0].split() == ["checkpoint", "lfw", "cfp_fp", "mean"]
+    assert lines[2].split() == ["a.pt", "99.00", "90.00", "94.50"]
+    assert lines[3].split() == ["bad.pth", "-", "-", "error"]
+
+
+def test_targets_spread_over_devices_give_the_same_numbers(bins):
+    # The multi-GPU path (one thread and one model copy per device, targets round-robin) run with
+    # two CPU "devices": the same numbers as one device, every target once.
+    from tqdm import tqdm
+
+    model = tiny(6)
+    sets = {t: verification.load_bin(bins / f"{t}.bin") for t in ("lfw", "cfp_fp")}
+    cpu = torch.device("cpu")
+    with tqdm(disable=True) as bar:
+        one = evaluation._evaluate_torch(model, sets, [cpu], 40, 10, False, bar)
+        two = evaluation._evaluate_torch(model, sets, [cpu, cpu], 40, 10, False, bar)
+    assert list(two) == ["lfw", "cfp_fp"]
+    for target in sets:
+        assert two[target]["acc2"] == one[target]["acc2"]
+        assert two[target]["xnorm"] == pytest.approx(one[target]["xnorm"], rel=1e-6)
