@@ -1,0 +1,279 @@
+"""Train a face-recognition model (ContraFace by default) on insightface-layout data.
+
+    python train.py                                        # one process: the GPU if any, else CPU
+    torchrun --nproc_per_node=4 train.py                   # 4 GPUs (gloo on CPU processes)
+    python -m torch.distributed.launch --nproc_per_node=4 train.py
+    python train.py --dataset webface --set lr=0.05 --resume auto
+
+Everything is configured in ``config/config.py`` (``--config`` picks another file, ``--dataset``
+another block, ``--set key=value`` any key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import random
+import sys
+import warnings
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.nn.utils import clip_grad_norm_
+from torch.utils.tensorboard import SummaryWriter
+
+from backbones import get_backbone
+from losses import build_method
+from utils import train_state
+from utils.callbacks import CallBackLogging, CallBackModelCheckpoint, CallBackVerification
+from utils.config import DEFAULT_CONFIG, ConfigError, config_to_json, load_config, to_plain
+from utils.dataset import DataLoaderX, get_train_dataset
+from utils.distributed import DistEnv, all_gather_objects, barrier, broadcast_object, cleanup, init_distributed
+from utils.fileio import atomic_path
+from utils.logger import init_logging
+from utils.lr_schedule import lr_factor
+from utils.sampler import ResumableDistributedSampler
+
+log = logging.getLogger("train")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="config file (default: config/config.py)")
+    parser.add_argument("--dataset", help="dataset block of the config (emore, webface, ..., synthetic)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    parser.add_argument("--resume", metavar="auto|PATH", help="continue from the newest checkpoint in the output folder, or from PATH")
+    # torch.distributed.launch passes --local-rank (older versions --local_rank); torchrun sets LOCAL_RANK
+    parser.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=None)
+    return parser.parse_args(argv)
+
+
+def check_data_dir(cfg) -> None:
+    """Fail before any set-up when the training data is not where the config says."""
+    if os.path.isdir(cfg.rec):
+        return
+    hint = (
+        "python -m tools.make_synthetic --output data/synthetic"
+        if cfg.dataset == "synthetic"
+        else "point `rec` at your insightface data folder (--set rec=/path/to/faces_emore), or try the "
+        "built-in synthetic data: python -m tools.make_synthetic --output data/synthetic && "
+        "python train.py --dataset synthetic"
+    )
+    raise FileNotFoundError(f"training data folder {cfg.rec!r} (dataset {cfg.dataset!r}, key `rec`) not found; {hint}")
+
+
+def prepare_output(cfg, resume: str | None, env: DistEnv) -> str | None:
+    """Decide (on rank 0) which checkpoint to resume from; refuse to overwrite an existing run."""
+    decision: tuple[str | None, str | None] = (None, None)  # (checkpoint path, error)
+    if env.is_main:
+        existing = train_state.list_checkpoints(cfg.output) or os.path.exists(os.path.join(cfg.output, "config.json"))
+        if resume == "auto":
+            found = train_state.find_resume_checkpoint(cfg.output)
+            decision = (found[0] if found else None, None)
+        elif resume:
+            decision = (resume, None if os.path.isfile(resume) else f"--resume {resume}: file not found")
+        elif existing:
+            decision = (
+                None,
+                f"{cfg.output} already holds a training run; continue it with --resume auto, "
+                "or choose another folder with --set output=...",
+            )
+    path, error = broadcast_object(env, decision)
+    if error:
+        raise FileExistsError(error) if "already holds" in error else FileNotFoundError(error)
+    return path
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``cfg.amp`` (None: fp32)."""
+    if amp == "none":
+        return None
+    if device.type != "cuda":
+        raise ConfigError(f"amp={amp} needs a CUDA GPU; use --set amp=none on {device.type}")
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def train(cfg, env: DistEnv, resume: str | None) -> None:
+    amp_dtype = autocast_dtype(cfg.amp, env.device)
+    resume_path = prepare_output(cfg, resume, env)
+    init_logging(env.rank, cfg.output)
+    seed_everything(cfg.seed + env.rank)
+
+    # --- data ---------------------------------------------------------------------------------
+    dataset = get_train_dataset(cfg.rec, num_classes=cfg.num_classes or None, seed=cfg.seed)
+    cfg.num_classes = cfg.num_classes or dataset.num_classes
+    sampler = ResumableDistributedSampler(dataset, env.world_size, env.rank, seed=cfg.seed)
+    loader = DataLoaderX(
+        env.device,
+        dataset=dataset,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        pin_memory=env.device.type == "cuda",
+        drop_last=True,
+        generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched
+    )
+    steps_per_epoch = len(sampler) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"{cfg.rec}: {len(dataset)} images give no full batch of {cfg.batch_size} on each of "
+            f"{env.world_size} processes; lower batch_size"
+        )
+    total_step = steps_per_epoch * cfg.num_epoch
+
+    # --- model, optimiser ---------------------------------------------------------------------
+    network_kwargs = dict(dropout=cfg.dropout, num_features=cfg.embedding_size)
+    if cfg.use_se or cfg.network_width != 64:  # iresnet-only options (mobilefacenet has neither)
+        network_kwargs.update(use_se=cfg.use_se, width=cfg.network_width)
+    method = build_method(cfg, get_backbone(cfg.network, **network_kwargs)).to(env.device)
+    model = method
+    if env.distributed:
+        device_ids = [env.local_rank] if env.device.type == "cuda" else None
+        with warnings.catch_warnings():
+            # newer torch deprecates broadcast_buffers but has no other way yet to keep buffers
+            # rank-local from the start (BatchNorm statistics, the ContraFace margin) as the reference
+            warnings.filterwarnings("ignore", message=".*broadcast_buffers", category=FutureWarning)
+            model = DistributedDataParallel(method, device_ids=device_ids, broadcast_buffers=False)
+    params = [p for p in method.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
+
+    # --- state, callbacks ---------------------------------------------------------------------
+    checkpoint = train_state.read_checkpoint(resume_path) if resume_path else None
+    if checkpoint:
+        warn_config_changes(checkpoint["config"], to_plain(cfg))
+    start_step = checkpoint["step"] if checkpoint else 0
+    writer = SummaryWriter(os.path.join(cfg.output, "tensorboard"), purge_step=start_step + 1) if env.is_main else None
+    verification = CallBackVerification(
+        env, cfg.eval_step or steps_per_epoch, total_step, cfg.val_targets, cfg.rec, cfg.eval_batch_size, writer
+    )
+    if checkpoint:
+        train_state.load_checkpoint(
+            checkpoint, method=method, optimizer=optimizer, scaler=scaler, rank=env.rank, device=env.device
+        )
+        verification.load_state_dict(checkpoint["callbacks"].get("verification", {}))
+        log.info(f"resumed from {resume_path} at step {start_step}")
+        del checkpoint
+    elif env.is_main:
+        with atomic_path(os.path.join(cfg.output, "config.json")) as tmp, open(tmp, "w") as f:
+            f.write(config_to_json(cfg))
+    log.info(f"config:\n{config_to_json(cfg)}")
+    log.info(
+        f"{env.world_size} process(es) on {env.device.type}; {len(dataset)} images, {cfg.num_classes} classes; "
+        f"{steps_per_epoch} steps/epoch, {total_step} steps in all"
+    )
+
+    def save(step: int) -> None:
+        ranks = all_gather_objects(env, train_state.rank_state(method, env.device))
+        if env.is_main:
+            train_state.save_checkpoint(
+                train_state.checkpoint_path(cfg.output, step),
+                method=method,
+                optimizer=optimizer,
+                scaler=scaler,
+                step=step,
+                epoch=step // steps_per_epoch,
+                ranks=ranks,
+                network=cfg.network,
+                network_kwargs=network_kwargs,
+                callbacks={"verification": verification.state_dict()},
+                config=to_plain(cfg),
+            )
+            with atomic_path(os.path.join(cfg.output, "backbone.pth")) as tmp:
+                torch.save(method.backbone.state_dict(), tmp)  # insightface-compatible plain state dict
+            train_state.prune_checkpoints(cfg.output, cfg.keep_checkpoints)
+        barrier(env)
+
+    checkpointing = CallBackModelCheckpoint(cfg.save_step or steps_per_epoch, total_step, save)
+    logging_cb = CallBackLogging(cfg.frequent, total_step, start_step, cfg.batch_size * env.world_size, writer)
+
+    # --- training -----------------------------------------------------------------------------
+    step = start_step
+    for epoch in range(start_step // steps_per_epoch, cfg.num_epoch):
+        done_in_epoch = step - epoch * steps_per_epoch  # > 0 only when resuming mid-epoch
+        sampler.set_epoch(epoch, start=done_in_epoch * cfg.batch_size)
+        dataset.set_epoch(epoch)
+        method.set_epoch(epoch)
+        for images, labels in loader:
+            images = images.to(env.device, non_blocking=True)
+            labels = labels.to(env.device, non_blocking=True)
+            lr = cfg.lr * lr_factor(step, steps_per_epoch, cfg.shrink_epoch, cfg.warmup_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+            with torch.autocast(env.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                out = model(images, labels)
+            loss = out["loss"]
+            loss_value = check_finite(loss, env, step, epoch, out["logs"], cfg.output)
+
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            clip_grad_norm_(method.backbone.parameters(), max_norm=cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+
+            logging_cb(step, epoch, loss_value, {**out["logs"], **method.extra_state()}, lr)
+            verification(step, method.backbone)
+            checkpointing(step)
+    if writer is not None:
+        writer.close()
+    log.info(f"finished at step {step}; backbone: {os.path.join(cfg.output, 'backbone.pth')}")
+
+
+def warn_config_changes(old: dict, new: dict) -> None:
+    """Log every key whose value differs from the checkpoint's config."""
+    for key in sorted(k for k in new if k in old and old[k] != new[k]):
+        log.warning(f"resume: {key} changed from {old[key]!r} to {new[key]!r}")
+
+
+def check_finite(loss: torch.Tensor, env: DistEnv, step: int, epoch: int, parts: dict, output: str) -> float:
+    """The loss as a float; stop every rank (saving nothing) when any rank's loss is NaN or inf."""
+    value = loss.item()
+    finite = torch.tensor([math.isfinite(value)], dtype=torch.int32, device=env.device)
+    if env.distributed:
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+    if finite.item():
+        return value
+    found = train_state.list_checkpoints(output)
+    last = found[-1][1] if found else "none yet"
+    detail = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
+    raise FloatingPointError(
+        f"non-finite loss at step {step + 1} (epoch {epoch}) on some rank (here: {value}; {detail}); "
+        f"stopped without saving. Last good checkpoint: {last} (continue with --resume auto, e.g. "
+        "with a lower lr or --set amp=none)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.dataset, args.set)
+    check_data_dir(cfg)
+    env = init_distributed(args.local_rank)
+    try:
+        train(cfg, env, args.resume)
+    finally:
+        cleanup(env)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (ConfigError, FileNotFoundError, FileExistsError, FloatingPointError) as exc:
+        # errors a user can fix: one clear line (in the log too), not a traceback
+        if logging.getLogger().handlers:
+            log.error(f"{type(exc).__name__}: {exc}")
+        else:
+            print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(2)

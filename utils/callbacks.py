@@ -1,0 +1,142 @@
+"""Training callbacks: progress logging, verification on the .bin sets, checkpointing."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Callable
+
+from torch import nn
+
+from eval import verification
+from utils.distributed import DistEnv, all_gather_objects
+from utils.logger import AverageMeter
+
+log = logging.getLogger(__name__)
+
+
+def _due(step: int, frequent: int, total_step: int) -> bool:
+    """Every ``frequent`` steps, and always at the last step."""
+    return step % frequent == 0 or step == total_step
+
+
+class CallBackLogging:
+    """Every ``frequent`` steps: step, epoch, img/s, losses, margin, LR and ETA (rank 0)."""
+
+    def __init__(self, frequent: int, total_step: int, start_step: int, global_batch: int, writer=None):
+        self.frequent = frequent
+        self.total_step = total_step
+        self.start_step = start_step
+        self.global_batch = global_batch
+        self.writer = writer
+        self.time_start = time.time()
+        self.tic = time.time()
+        self.loss = AverageMeter()
+
+    def __call__(self, step: int, epoch: int, loss: float, parts: dict[str, float], lr: float) -> None:
+        self.loss.update(loss)
+        if step % self.frequent != 0:
+            return
+        now = time.time()
+        speed = self.frequent * self.global_batch / max(now - self.tic, 1e-9)
+        done = max(step - self.start_step, 1)
+        eta_hours = (now - self.time_start) / done * (self.total_step - step) / 3600
+        items = "".join(f" -{name} {value:.4f}" for name, value in parts.items())
+        log.info(
+            f"[{step}][E{epoch:2d}][{speed:4.0f}/s] -Loss {self.loss.avg:.4f}{items}"
+            f" -LR {lr:.6f} -ETA: {eta_hours:.2f} H"
+        )
+        if self.writer is not None:
+            self.writer.add_scalar("train/loss", self.loss.avg, step)
+            self.writer.add_scalar("train/speed", speed, step)
+            self.writer.add_scalar("train/lr", lr, step)
+            for name, value in parts.items():
+                self.writer.add_scalar(f"train/{name}", value, step)
+        self.loss.reset()
+        self.tic = now
+
+
+class CallBackVerification:
+    """Accuracy with flip (10-fold) on the .bin targets found in ``data_dir``, spread over ranks.
+
+    Each rank loads and evaluates only its share of the targets (target i on rank i % world);
+    rank 0 gathers, logs ``Accuracy-Flip`` and ``Accuracy-Highest`` per target and the mean.
+    """
+
+    def __init__(
+        self,
+        env: DistEnv,
+        frequent: int,
+        total_step: int,
+        val_targets: list[str],
+        data_dir: str,
+        batch_size: int = 128,
+        writer=None,
+    ):
+        self.env = env
+        self.frequent, self.total_step = frequent, total_step
+        self.batch_size = batch_size
+        self.writer = writer
+        present = [t for t in val_targets if os.path.exists(os.path.join(data_dir, f"{t}.bin"))]
+        missing = sorted(set(val_targets) - set(present))
+        if missing and env.is_main:
+            log.warning(f"verification: no {', '.join(m + '.bin' for m in missing)} in {data_dir}; skipped")
+        self.targets = present
+        self.highest: dict[str, float] = {}
+        self.sets = {
+            name: verification.load_bin(os.path.join(data_dir, f"{name}.bin"), (112, 112))
+            for i, name in enumerate(present)
+            if i % env.world_size == env.rank
+        }
+
+    def __call__(self, step: int, backbone: nn.Module) -> dict[str, float] | None:
+        """When due, evaluate ``backbone``; returns {target: accuracy-flip} on every rank."""
+        if not self.targets or not _due(step, self.frequent, self.total_step):
+            return None
+        was_training = backbone.training
+        backbone.eval()
+        mine = {}
+        for name, data_set in self.sets.items():
+            _, _, acc, std, xnorm, _ = verification.test(
+                data_set, backbone, batch_size=self.batch_size, nfolds=10, device=self.env.device
+            )
+            mine[name] = (acc, std, xnorm)
+        backbone.train(was_training)
+        results = {k: v for part in all_gather_objects(self.env, mine) for k, v in part.items()}
+        if self.env.is_main:
+            self._report(step, results)
+        return {name: results[name][0] for name in self.targets if name in results}
+
+    def _report(self, step: int, results: dict[str, tuple[float, float, float]]) -> None:
+        for name in self.targets:
+            acc, std, xnorm = results[name]
+            self.highest[name] = max(self.highest.get(name, 0.0), acc)
+            log.info(f"[{step}][{name}]XNorm: {xnorm:f}")
+            log.info(f"[{step}][{name}]Accuracy-Flip: {acc:1.5f}+-{std:1.5f}")
+            log.info(f"[{step}][{name}]Accuracy-Highest: {self.highest[name]:1.5f}")
+            if self.writer is not None:
+                self.writer.add_scalar(f"verification/{name}", acc, step)
+        if results:
+            mean = sum(r[0] for r in results.values()) / len(results)
+            log.info(f"[{step}][mean]Accuracy-Flip: {mean:1.5f}")
+
+    def state_dict(self) -> dict[str, float]:
+        return dict(self.highest)
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.highest = dict(state)
+
+
+class CallBackModelCheckpoint:
+    """Every ``frequent`` steps (and at the end), call ``save(step)`` on every rank."""
+
+    def __init__(self, frequent: int, total_step: int, save: Callable[[int], None]):
+        self.frequent = frequent
+        self.total_step = total_step
+        self.save = save
+
+    def __call__(self, step: int) -> None:
+        if _due(step, self.frequent, self.total_step):
+            self.save(step)
+

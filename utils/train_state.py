@@ -1,0 +1,186 @@
+"""Training checkpoints for exact resume: model, optimizer, scaler, step, RNG and per-rank state.
+
+A checkpoint is one ``torch.save`` dict, written atomically by rank 0 (temp file + rename, so a
+run killed while saving keeps its previous checkpoint) and loadable with
+``torch.load(weights_only=True)``: tensors, numbers, strings, lists, dicts only.
+
+    {"format": "contraface", "version": 1, "network": str, "network_kwargs": dict,
+     "backbone": state_dict, "head": state_dict (the method without its backbone: class centers,
+     ContraFace margin), "optimizer": ..., "scaler": ... | None, "step": int, "epoch": int,
+     "world_size": int, "ranks": [per-rank RNG states and buffers], "callbacks": {...},
+     "config": dict}
+
+Buffers (BatchNorm statistics, the ContraFace margin) are not synchronised between ranks during
+training, as in the reference, so every rank's copy is kept in ``ranks``.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import random
+import re
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from utils.fileio import atomic_path
+
+log = logging.getLogger(__name__)
+
+FORMAT, VERSION = "contraface", 1
+_CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)\.pt$")
+
+
+def checkpoint_path(output_dir: str, step: int) -> str:
+    """Where the checkpoint of ``step`` lives."""
+    return os.path.join(output_dir, f"checkpoint-{step}.pt")
+
+
+def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
+    """(step, path) of the training checkpoints in ``output_dir``, oldest first."""
+    found = []
+    for path in glob.glob(os.path.join(output_dir, "checkpoint-*.pt")):
+        match = _CHECKPOINT_RE.search(os.path.basename(path))
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """Every random generator the training touches, in a weights_only-loadable form."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "python": random.getstate(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore what :func:`rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def rank_state(method: nn.Module, device: torch.device) -> dict[str, Any]:
+    """This rank's RNG states and its unsynchronised buffers."""
+    buffers = {name: buf.detach().cpu().clone() for name, buf in method.named_buffers()}
+    return {"rng": rng_state(device), "buffers": buffers}
+
+
+def restore_rank_state(state: dict[str, Any], method: nn.Module, device: torch.device) -> None:
+    """Put this rank's buffers and RNG states back."""
+    own = dict(method.named_buffers())
+    for name, value in state["buffers"].items():
+        own[name].copy_(value)
+    set_rng_state(state["rng"], device)
+
+
+def save_checkpoint(
+    path: str,
+    *,
+    method: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    step: int,
+    epoch: int,
+    ranks: list[dict[str, Any]],
+    network: str,
+    network_kwargs: dict[str, Any],
+    callbacks: dict[str, Any],
+    config: dict[str, Any],
+) -> None:
+    """Write a full training checkpoint atomically (call on rank 0)."""
+    state = method.state_dict()
+    checkpoint = {
+        "format": FORMAT,
+        "version": VERSION,
+        "network": network,
+        "network_kwargs": network_kwargs,
+        "backbone": {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")},
+        "head": {k: v for k, v in state.items() if not k.startswith("backbone.")},
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+        "step": step,
+        "epoch": epoch,
+        "world_size": len(ranks),
+        "ranks": ranks,
+        "callbacks": callbacks,
+        "config": config,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def read_checkpoint(path: str) -> dict[str, Any]:
+    """Load a training checkpoint (tensors on CPU) and check it is one of ours."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint {path} not found") from None
+    except Exception as exc:  # UnpicklingError, RuntimeError on a truncated zip, ...
+        raise ValueError(f"{path}: not a readable training checkpoint ({exc})") from exc
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT or "optimizer" not in checkpoint:
+        raise ValueError(
+            f"{path}: not a training checkpoint of this project (use utils.checkpoint.load_weights "
+            "to start from someone else's weights)"
+        )
+    return checkpoint
+
+
+def load_checkpoint(
+    checkpoint: dict[str, Any],
+    *,
+    method: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    rank: int,
+    device: torch.device,
+) -> None:
+    """Restore model, optimizer, scaler and this rank's buffers and RNG from ``checkpoint``."""
+    state = {f"backbone.{k}": v for k, v in checkpoint["backbone"].items()}
+    state.update(checkpoint["head"])
+    method.load_state_dict(state)
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    if scaler is not None and checkpoint.get("scaler") is not None:
+        scaler.load_state_dict(checkpoint["scaler"])
+    ranks = checkpoint["ranks"]
+    if len(ranks) != checkpoint["world_size"] or rank >= len(ranks):
+        log.warning(
+            f"checkpoint was written by {checkpoint['world_size']} processes; this rank ({rank}) "
+            "starts from rank 0's buffers with fresh random streams, so the resume is not exact"
+        )
+        restore_rank_state(ranks[0], method, device)
+        return
+    restore_rank_state(ranks[rank], method, device)
+
+
+def find_resume_checkpoint(output_dir: str) -> tuple[str, dict[str, Any]] | None:
+    """(path, checkpoint) of the newest checkpoint in ``output_dir`` that loads, or None.
+
+    Unreadable ones (say, a disk that filled up) are reported and skipped, never deleted.
+    """
+    for _, path in reversed(list_checkpoints(output_dir)):
+        try:
+            return path, read_checkpoint(path)
+        except (ValueError, OSError) as exc:
+            log.warning(f"skipping {path}: {exc}")
+    return None
+
+
+def prune_checkpoints(output_dir: str, keep: int) -> None:
+    """Delete all but the ``keep`` (at least 1) newest training checkpoints."""
+    for _, path in list_checkpoints(output_dir)[: -max(keep, 1)]:
+        os.remove(path)
