@@ -1,0 +1,649 @@
+"""Face-recognition training data: RecordIO and image-folder datasets, and ``DataLoaderX``.
+
+Both datasets return ``(image, label)``: a float32 tensor ``3 x H x W`` (RGB, scaled to [-1, 1]
+as ``ToTensor`` + ``Normalize(0.5, 0.5)`` would) and an int64 scalar class id.
+
+The training-time augmentation is a horizontal flip decided by a hash of
+``(seed, epoch, index)``, never by a global RNG, so which images are mirrored does not depend on
+worker processes, prefetching or where a run was resumed. ``set_epoch`` writes the epoch into a
+shared-memory tensor, so that persistent DataLoader workers see it too.
+
+RecordIO layouts read by :class:`MXFaceDataset`:
+
+* insightface: record 0 is a header (flag > 0, empty payload, label ``[a, b]``); keys ``1..a-1``
+  are images, keys ``a..b-1`` identity records whose label is the ``[start, end)`` key range of
+  one class (``tools/im2rec.py`` writes this).
+* plain: every key of the ``.idx`` is an image, in ``.idx`` order (``tools/shuffle_rec.py``
+  writes this). A record 0 with flag > 0 whose payload is an image (an image with an array
+  label) is read as an image, where insightface would take it for a header.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from typing import Any, Callable, Iterator
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from utils.recordio import MAGIC, MXIndexedRecordIO, RecordIOError, unpack
+
+__all__ = [
+    "DataLoaderX",
+    "DatasetError",
+    "IMAGE_EXTENSIONS",
+    "ImageFolderDataset",
+    "MXFaceDataset",
+    "flip_decision",
+    "get_train_dataset",
+    "list_image_folder",
+    "read_property",
+    "read_rec_layout",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+DEFAULT_IMAGE_SIZE = (112, 112)
+LABEL_CHECKS = ("auto", "full", "lazy")
+# label_check="auto" scans every label up front below this .rec size; above it, reading one
+# header per record from a network disk can take longer than it is worth.
+SCAN_LIMIT_BYTES = 4 << 30
+_SCAN_CHUNK = 1 << 20  # records per vectorised read: bounds the label scan's memory (~60 MB)
+_LENGTH_MASK = (1 << 29) - 1
+
+
+class DatasetError(ValueError):
+    """Training data that cannot be used as is (bad label, wrong image size, undecodable image)."""
+
+
+# --------------------------------------------------------------------------------------------
+# deterministic augmentation
+# --------------------------------------------------------------------------------------------
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(x: int) -> int:
+    # splitmix64 finaliser: a cheap, well-mixed 64-bit hash of an integer
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def flip_decision(seed: int, epoch: int, index: int) -> bool:
+    """Whether sample ``index`` is mirrored in ``epoch``: a pure function of its three arguments."""
+    h = _mix64(_mix64(_mix64(seed & _MASK64) ^ (epoch & _MASK64)) ^ (index & _MASK64))
+    return bool(h >> 63)
+
+
+class _FaceDataset(Dataset):
+    """Shared part of the face datasets: epoch state, flip, image -> normalised tensor."""
+
+    def __init__(self, augment: bool, seed: int, image_size: tuple[int, int]):
+        self.augment = bool(augment)
+        self.seed = int(seed)
+        self.image_size = tuple(image_size)  # (height, width)
+        # shared memory: persistent DataLoader workers (forked or spawned) read the epoch that
+        # the main process sets, so set_epoch() works without restarting them
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose flips ``__getitem__`` applies; call before ``iter(loader)``."""
+        self._epoch[0] = int(epoch)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch set by :meth:`set_epoch` (0 at first)."""
+        return int(self._epoch.numpy()[0])
+
+    def _to_tensor(self, bgr: np.ndarray, index: int, where: str) -> torch.Tensor:
+        if bgr.shape[:2] != self.image_size:
+            h, w = self.image_size
+            raise DatasetError(
+                f"{where}: image is {bgr.shape[1]}x{bgr.shape[0]}, expected {w}x{h} "
+                f"(convert the data with `python -m tools.im2rec --resize`)"
+            )
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        if self.augment and flip_decision(self.seed, self.epoch, index):
+            rgb = cv2.flip(rgb, 1)
+        chw = rgb.transpose(2, 0, 1).astype(np.float32)
+        # the float32 ops of ToTensor() + Normalize(mean=0.5, std=0.5) in arcface_torch, done in
+        # NumPy: torch's intra-op threads only add overhead on one small image
+        chw /= np.float32(255.0)
+        chw -= np.float32(0.5)
+        chw /= np.float32(0.5)
+        return torch.from_numpy(chw)
+
+
+def _decode(data: np.ndarray) -> np.ndarray | None:
+    if data.size == 0:
+        return None
+    return cv2.imdecode(data, cv2.IMREAD_COLOR)
+
+
+def _class_id(value: float, where: str) -> int:
+    if not np.isfinite(value) or value != int(value):
+        raise DatasetError(f"{where}: label {value!r} is not an integer class id")
+    return int(value)
+
+
+def _label_error(where: str, label: Any, num_classes: int, source: str) -> DatasetError:
+    return DatasetError(
+        f"{where} has label {label}, outside [0, {num_classes}) "
+        f"(num_classes = {num_classes} from {source})"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# RecordIO
+# --------------------------------------------------------------------------------------------
+def read_property(root_dir: str | os.PathLike) -> tuple[int, int, int] | None:
+    """``(num_classes, height, width)`` from ``root_dir/property``, or None if there is none."""
+    path = os.path.join(os.fspath(root_dir), "property")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        text = f.read().strip()
+    try:
+        num_classes, h, w = (int(v) for v in text.split(","))
+    except ValueError:
+        raise DatasetError(f"{path}: expected 'num_classes,height,width', found {text!r}") from None
+    if num_classes <= 0 or h <= 0 or w <= 0:
+        raise DatasetError(f"{path}: values must be positive, found {text!r}")
+    return num_classes, h, w
+
+
+def _is_header(header, payload: bytes) -> bool:
+    if header.flag < 2:
+        return False
+    first, end = float(header.label[0]), float(header.label[1])
+    if first < 1 or end < first or first != int(first) or end != int(end):
+        return False
+    # an image record with an array label also has flag > 0: its payload decodes
+    return _decode(np.frombuffer(payload, np.uint8)) is None
+
+
+def read_rec_layout(record: MXIndexedRecordIO) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """Image keys of an indexed RecordIO and its header range ``(a, b)``, None for a plain file."""
+    if not record.keys:
+        raise RecordIOError(f"{record.idx_path}: the index is empty")
+    if 0 in record.idx:
+        header, payload = unpack(record.read_idx(0))
+        if header.flag > 0 and _is_header(header, payload):
+            first, end = int(header.label[0]), int(header.label[1])
+            missing = next((k for k in range(1, end) if k not in record.idx), None)
+            if missing is not None:
+                raise RecordIOError(
+                    f"{record.idx_path}: header record says keys 1..{end - 1} exist, but key "
+                    f"{missing} is not in the index; rebuild it with "
+                    f"`python -m tools.rec2idx {record.uri} --force`"
+                )
+            return np.arange(1, first, dtype=np.int64), (first, end)
+    return np.asarray(record.keys, dtype=np.int64), None
+
+
+# An image record starts with the 8-byte record header (magic, lrec) and the 24-byte IRHeader
+# (flag, label, id, id2), then flag float32 labels when flag > 0. Records start 4-byte aligned,
+# so the label scan reads these as uint32 words: 0 magic, 1 lrec, 2 flag, 3 label, 8 label[0].
+_HEAD_BYTES = 32
+
+
+class MXFaceDataset(_FaceDataset):
+    """Images and labels of ``root_dir/train.rec`` + ``train.idx`` (insightface or plain layout)."""
+
+    def __init__(
+        self,
+        root_dir: str | os.PathLike,
+        num_classes: int | None = None,
+        augment: bool = True,
+        seed: int = 0,
+        label_check: str = "auto",
+    ):
+        if label_check not in LABEL_CHECKS:
+            raise ValueError(
+                f"label_check={label_check!r}: expected one of {', '.join(LABEL_CHECKS)}"
+            )
+        self.root_dir = os.fspath(root_dir)
+        self.path_rec = os.path.join(self.root_dir, "train.rec")
+        self.path_idx = os.path.join(self.root_dir, "train.idx")
+        _check_rec_files(self.root_dir, self.path_rec, self.path_idx)
+        prop = read_property(self.root_dir)
+        super().__init__(augment, seed, prop[1:] if prop else DEFAULT_IMAGE_SIZE)
+        self.record = MXIndexedRecordIO(self.path_idx, self.path_rec, "r")
+        self.keys, self.header0 = read_rec_layout(self.record)
+        if len(self.keys) == 0:
+            raise RecordIOError(f"{self.path_rec}: the header record lists no images")
+
+        self.num_classes, self._nc_source = self._resolve_num_classes(num_classes, prop)
+        self.labels: np.ndarray | None = None
+        scan = label_check == "full" or (
+            label_check == "auto" and os.path.getsize(self.path_rec) < SCAN_LIMIT_BYTES
+        )
+        if scan:
+            self.labels = self._scan_labels()
+            if self.num_classes is None:
+                self.num_classes = int(self.labels.max()) + 1
+                self._nc_source = "the largest label + 1"
+            self._check_labels(self.labels)
+        if self.num_classes is None:
+            raise DatasetError(
+                f"{self.root_dir}: cannot tell the number of classes: pass num_classes, add a "
+                f"'property' file ('num_classes,112,112'), or use label_check='full'"
+            )
+
+    def _resolve_num_classes(self, num_classes: int | None, prop) -> tuple[int | None, str]:
+        nc, source = num_classes, "the num_classes argument"
+        if nc is not None and prop is not None and prop[0] != nc:
+            logger.warning(
+                "%s: property says %d classes, num_classes argument says %d; using %d",
+                self.root_dir, prop[0], nc, nc,
+            )
+        if nc is None and prop is not None:
+            nc, source = prop[0], os.path.join(self.root_dir, "property")
+        if self.header0 is not None and self.header0[1] > self.header0[0]:
+            identities = self.header0[1] - self.header0[0]
+            if nc is None:
+                nc, source = identities, f"the {identities} identity records of {self.path_rec}"
+            elif identities != nc:
+                # raised now rather than after hours of training with a wrong classifier size
+                raise DatasetError(
+                    f"{self.path_rec}: {identities} identity records (keys {self.header0[0]}.."
+                    f"{self.header0[1] - 1}) but num_classes = {nc} (from {source})"
+                )
+        if nc is not None and nc <= 0:
+            raise DatasetError(f"num_classes = {nc} (from {source}) must be positive")
+        return nc, source
+
+    def _scan_labels(self) -> np.ndarray:
+        """Every image's class id, read with one vectorised pass over the record headers."""
+        size = os.path.getsize(self.path_rec)
+        if size < _HEAD_BYTES:
+            raise RecordIOError(f"{self.path_rec}: file of {size} bytes holds no image record")
+        idx = self.record.idx
+        offsets = np.fromiter((idx[int(k)] for k in self.keys), np.int64, len(self.keys))
+        labels = np.empty(len(self.keys), np.int64)
+        words = np.memmap(self.path_rec, "<u4", "r", shape=(size // 4,))
+        try:
+            for start in range(0, len(offsets), _SCAN_CHUNK):
+                stop = min(start + _SCAN_CHUNK, len(offsets))
+                labels[start:stop] = self._scan_chunk(words, offsets[start:stop], start, size)
+        finally:
+            del words
+        return labels
+
+    def _scan_chunk(self, words: np.ndarray, off: np.ndarray, start: int, size: int) -> np.ndarray:
+        rec = self.path_rec
+
+        def fail(rows: np.ndarray, why: Callable[[int, int], str]) -> None:
+            if rows.size:
+                i = int(rows[0])
+                key, pos = int(self.keys[start + i]), int(off[i])
+                raise RecordIOError(f"{rec}: key {key}: {why(i, pos)}")
+
+        fail(np.flatnonzero(off + _HEAD_BYTES > size), lambda i, pos: (
+            f"record at byte {pos} is truncated or past the end of the file ({size} bytes); "
+            f"the .idx may not belong to this .rec"))
+        fail(np.flatnonzero(off % 4), lambda i, pos: (
+            f"byte {pos} is not a record boundary (records are 4-byte aligned); the .idx is "
+            f"corrupt: rebuild it with `python -m tools.rec2idx {rec} --force`"))
+        w = off // 4
+        magic = words[w]
+        fail(np.flatnonzero(magic != MAGIC), lambda i, pos: (
+            f"no record at byte {pos} (magic {int(magic[i]):#010x}); the .idx does not "
+            f"match the .rec: rebuild it with `python -m tools.rec2idx {rec} --force`"))
+        lrec, flag = words[w + 1], words[w + 2]
+        cflag, length = lrec >> 29, (lrec & _LENGTH_MASK).astype(np.int64)
+        fail(np.flatnonzero(cflag > 1), lambda i, pos: (
+            f"byte {pos} is the middle of a split record (cflag {int(cflag[i])}); "
+            f"the .idx is corrupt"))
+        need = np.where(flag > 0, 28, 24)  # IRHeader, plus the first float of an array label
+        whole = cflag == 0
+        fail(np.flatnonzero(whole & (length < need)), lambda i, pos: (
+            f"record at byte {pos} has {int(length[i])} bytes, too short for an image header"))
+        fail(np.flatnonzero(off + 8 + length > size), lambda i, pos: (
+            f"record at byte {pos} is truncated (need {8 + int(length[i])} bytes, "
+            f"file ends after {size - pos})"))
+
+        labels = words[w + 3].view("<f4").astype(np.float64)
+        arr = np.flatnonzero((flag > 0) & (length >= need))
+        labels[arr] = words[w[arr] + 8].view("<f4")
+        # rare: the payload had the magic number inside its first bytes, so the header is split
+        # over record parts; read those few through the reader
+        for i in np.flatnonzero(~whole & (length < need)):
+            header, _ = unpack(self.record.read_idx(int(self.keys[start + i])))
+            labels[i] = header.label if header.flag == 0 else header.label[0]
+
+        bad = np.flatnonzero(~np.isfinite(labels) | (labels != np.floor(labels)))
+        if bad.size:
+            i = int(bad[0])
+            _class_id(float(labels[i]), f"{rec}: key {int(self.keys[start + i])}")
+        return labels.astype(np.int64)
+
+    def _check_labels(self, labels: np.ndarray) -> None:
+        bad = np.flatnonzero((labels < 0) | (labels >= self.num_classes))
+        if bad.size:
+            i = int(bad[0])
+            where = f"{self.path_rec}: key {int(self.keys[i])}"
+            raise _label_error(where, int(labels[i]), self.num_classes, self._nc_source)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        key = int(self.keys[index])
+        where = f"{self.path_rec}: key {key}"
+        try:
+            header, payload = unpack(self.record.read_idx(key))
+        except RecordIOError as e:
+            msg = str(e) if self.path_rec in str(e) else f"{self.path_rec}: {e}"
+            raise type(e)(f"{msg} [key {key}, dataset index {index}]") from e
+        raw = header.label if header.flag == 0 else header.label[0]
+        label = _class_id(float(raw), where)
+        if not 0 <= label < self.num_classes:
+            raise _label_error(where, label, self.num_classes, self._nc_source)
+        img = _decode(np.frombuffer(payload, np.uint8))
+        if img is None:
+            raise RecordIOError(
+                f"{where}: payload of {len(payload)} bytes is not a decodable image"
+            )
+        return self._to_tensor(img, index, where), torch.tensor(label, dtype=torch.long)
+
+
+def _check_rec_files(root: str, rec: str, idx: str) -> None:
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"{root}: training data folder not found")
+    if not os.path.isfile(rec):
+        raise FileNotFoundError(f"{rec}: RecordIO file not found")
+    if not os.path.isfile(idx):
+        raise FileNotFoundError(
+            f"{idx}: index file not found; rebuild it from the .rec with "
+            f"`python -m tools.rec2idx {rec}`"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# image folders
+# --------------------------------------------------------------------------------------------
+def list_image_folder(root_dir: str | os.PathLike) -> tuple[list[str], list[int], list[str]]:
+    """Image paths, class ids and class names of a tree with one sub-folder per identity.
+
+    Identities are the sorted sub-folder names (class 0..C-1); images are the sorted files with
+    an image extension directly inside each; hidden entries are skipped.
+    """
+    root = os.fspath(root_dir)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"{root}: image folder not found")
+    names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not names:
+        raise DatasetError(
+            f"{root}: no identity sub-folders (expected one folder of images per identity)"
+        )
+    paths, labels = [], []
+    for label, name in enumerate(names):
+        folder = os.path.join(root, name)
+        files = sorted(
+            e.name for e in os.scandir(folder)
+            if e.is_file() and not e.name.startswith(".")
+            and e.name.lower().endswith(IMAGE_EXTENSIONS)
+        )
+        if not files:
+            # an empty class would still take a class id and break identity ranges
+            raise DatasetError(
+                f"{folder}: identity folder has no images ({', '.join(IMAGE_EXTENSIONS)}); remove it"
+            )
+        paths += [os.path.join(folder, f) for f in files]
+        labels += [label] * len(files)
+    return paths, labels, names
+
+
+class ImageFolderDataset(_FaceDataset):
+    """Images of ``root_dir/<identity>/<image>``; identities sorted by name are classes 0..C-1."""
+
+    def __init__(
+        self,
+        root_dir: str | os.PathLike,
+        num_classes: int | None = None,
+        augment: bool = True,
+        seed: int = 0,
+        image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
+    ):
+        super().__init__(augment, seed, image_size)
+        self.root_dir = os.fspath(root_dir)
+        self.paths, labels, self.classes = list_image_folder(self.root_dir)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        found = len(self.classes)
+        if num_classes is not None and num_classes < found:
+            raise DatasetError(
+                f"{self.root_dir}: {found} identity folders but num_classes = {num_classes}"
+            )
+        if num_classes is not None and num_classes > found:
+            logger.warning(
+                "%s: %d identity folders, num_classes = %d", self.root_dir, found, num_classes
+            )
+        self.num_classes = found if num_classes is None else int(num_classes)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        path = self.paths[index]
+        img = _decode(np.fromfile(path, dtype=np.uint8))
+        if img is None:
+            raise DatasetError(f"{path}: cannot decode the image (corrupt or not an image)")
+        label = int(self.labels[index])
+        return self._to_tensor(img, index, path), torch.tensor(label, dtype=torch.long)
+
+
+def get_train_dataset(root_dir: str | os.PathLike, **kw) -> Dataset:
+    """``MXFaceDataset`` if ``root_dir/train.rec`` exists, else an ``ImageFolderDataset``."""
+    root = os.fspath(root_dir)
+    if os.path.isfile(os.path.join(root, "train.rec")):
+        return MXFaceDataset(root, **kw)
+    has_folders = os.path.isdir(root) and any(
+        e.is_dir() and not e.name.startswith(".") for e in os.scandir(root)
+    )
+    if has_folders:
+        kw.pop("label_check", None)  # an image folder always knows its labels
+        return ImageFolderDataset(root, **kw)
+    raise FileNotFoundError(
+        f"{root}: no training data: expected train.rec + train.idx (insightface RecordIO) "
+        f"or one sub-folder of images per identity"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# loader
+# --------------------------------------------------------------------------------------------
+_BATCH, _END, _ERROR = 0, 1, 2
+
+
+def _as_device(device: torch.device | str | int) -> torch.device:
+    dev = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"DataLoaderX: device {dev} asked for, but CUDA is not available")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def _move(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+        return type(obj)(*(_move(o, device) for o in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_move(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _move(v, device) for k, v in obj.items()}
+    return obj
+
+
+def _record_stream(obj: Any, stream) -> None:
+    if isinstance(obj, torch.Tensor):
+        obj.record_stream(stream)
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            _record_stream(o, stream)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            _record_stream(o, stream)
+
+
+def _cuda_stage(batch: Any, device: torch.device, stream) -> tuple[Any, Any]:
+    """Start the host->device copy of ``batch`` on the side stream; return it and its event."""
+    with torch.cuda.device(device), torch.cuda.stream(stream):
+        moved = _move(batch, device)
+        event = torch.cuda.Event()
+        event.record(stream)
+    return moved, event
+
+
+def _put(q: queue.Queue, item: tuple, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            pass
+    return False
+
+
+def _produce(base: Iterator, q: queue.Queue, stop: threading.Event, stage) -> None:
+    # a module-level function holding no reference to the _Prefetcher, so that dropping the
+    # prefetcher (a `break` out of the loop) lets its __del__ stop this thread
+    try:
+        for batch in base:
+            if not _put(q, (_BATCH, stage(batch) if stage else batch), stop):
+                return
+        _put(q, (_END, None), stop)
+    except BaseException as e:  # noqa: BLE001 - re-raised in the consumer's thread
+        _put(q, (_ERROR, e), stop)
+
+
+class _Prefetcher:
+    """Iterator over a DataLoader iterator, read ahead by a background thread."""
+
+    def __init__(self, base: Iterator, device: torch.device, depth: int):
+        self._base_len = len(base) if hasattr(base, "__len__") else None
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._cuda = device.type == "cuda"
+        self._device = device
+        stage = None
+        if self._cuda:
+            stream = torch.cuda.Stream(device)
+            stage = lambda b: _cuda_stage(b, device, stream)  # noqa: E731
+        # The first batch is fetched here, in the caller's thread: a sampler draws its seed from
+        # the global RNG at its first next(), and that draw must not race the training thread.
+        try:
+            first = (_BATCH, stage(next(base)) if stage else next(base))
+        except StopIteration:
+            first = (_END, None)
+        except Exception as e:  # noqa: BLE001 - re-raised by __next__, like any later error
+            first = (_ERROR, e)
+        self._queue.put(first)
+        self._done = False
+        self._thread = None
+        if first[0] == _BATCH:
+            self._thread = threading.Thread(
+                target=_produce, args=(base, self._queue, self._stop, stage), daemon=True,
+                name="DataLoaderX-prefetch",
+            )
+            self._thread.start()
+
+    def __iter__(self) -> "_Prefetcher":
+        return self
+
+    def __len__(self) -> int:
+        if self._base_len is None:
+            raise TypeError("the underlying loader iterator has no length")
+        return self._base_len
+
+    def __next__(self) -> Any:
+        if self._done:
+            raise StopIteration
+        kind, value = self._queue.get()
+        if kind == _END:
+            self._done = True
+            raise StopIteration
+        if kind == _ERROR:
+            self._done = True
+            raise value
+        if self._cuda:
+            batch, event = value
+            current = torch.cuda.current_stream(self._device)
+            current.wait_event(event)
+            # the tensors were allocated on the side stream: tell the caching allocator they are
+            # used on the current stream, or it may hand their memory out again too early
+            _record_stream(batch, current)
+            return batch
+        return value
+
+    def close(self) -> None:
+        """Stop the background thread (it also stops when the iterator is garbage-collected)."""
+        self._stop.set()
+
+    def __del__(self):
+        self._stop.set()
+
+
+class DataLoaderX(DataLoader):
+    """A DataLoader whose batches arrive on ``device``, prefetched by a background thread.
+
+    On CUDA the thread copies each batch host->device on a side stream (``pin_memory`` defaults
+    to True) and the consumer's stream waits for it. On CPU it is a plain DataLoader unless
+    ``background=True``. Batches come in the sampler's order and worker exceptions are raised in
+    the caller; data sets that draw from the global RNG in ``__getitem__`` with
+    ``num_workers=0`` lose determinism in the background thread (the face datasets do not).
+    """
+
+    def __init__(
+        self,
+        device: torch.device | str | int,
+        *args,
+        prefetch: int = 2,
+        background: bool | None = None,
+        **dataloader_kwargs,
+    ):
+        device = _as_device(device)
+        if device.type == "cuda":
+            dataloader_kwargs.setdefault("pin_memory", True)
+        super().__init__(*args, **dataloader_kwargs)
+        if prefetch < 1:
+            raise ValueError(f"DataLoaderX: prefetch={prefetch} must be >= 1")
+        self.device = device
+        self.prefetch = prefetch
+        self.background = device.type == "cuda" if background is None else bool(background)
+        self._producer: tuple[threading.Thread, threading.Event] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Forward ``epoch`` to the sampler, batch sampler and dataset that have ``set_epoch``."""
+        seen = set()
+        inner = getattr(self.batch_sampler, "sampler", None)
+        for obj in (self.sampler, self.batch_sampler, inner, self.dataset):
+            if obj is not None and id(obj) not in seen and hasattr(obj, "set_epoch"):
+                seen.add(id(obj))
+                obj.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator:
+        if self._producer is not None:
+            # a loop that stopped early leaves its thread reading; with persistent workers the
+            # next iter() resets that same worker iterator, so the thread must be gone first
+            thread, stop = self._producer
+            stop.set()
+            thread.join()
+            self._producer = None
+        base = super().__iter__()
+        if not self.background:
+            return base
+        it = _Prefetcher(base, self.device, self.prefetch)
+        if it._thread is not None:
+            self._producer = (it._thread, it._stop)
+        return it
