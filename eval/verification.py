@@ -1,0 +1,522 @@
+"""Pair verification on .bin sets (LFW, CFP-FP, AgeDB-30, CALFW, CPLFW): loading, 10-fold protocol.
+
+The numbers are insightface's (arcface_torch/eval/verification.py, as copied by ElasticFace and
+ContraFace): squared L2 distance between the two embeddings of a pair, best threshold on the
+training folds, accuracy on the held-out fold, VAL@FAR=1e-3 by interpolating the training FAR curve.
+Differences from it:
+
+* ``load_bin`` uses a restricted unpickler (a downloaded .bin must never run code), returns uint8.
+* the FAR->threshold interpolation does not crash on repeated FAR values (interpolate_threshold).
+* ``calculate_roc`` / ``calculate_val`` count with ``np.searchsorted``, not a loop over thresholds.
+* ``test`` computes acc1 (without flip) for real and handles a last partial batch of any size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator, Sequence
+
+import cv2
+import numpy as np
+import sklearn.preprocessing
+import torch
+from sklearn.decomposition import PCA
+from sklearn.model_selection import KFold
+from tqdm import tqdm
+
+__all__ = [
+    "BinFileError",
+    "load_bin",
+    "evaluate",
+    "calculate_roc",
+    "calculate_val",
+    "interpolate_threshold",
+    "test",
+]
+
+FAR_TARGET = 1e-3
+
+
+class BinFileError(ValueError):
+    """A verification .bin that is malformed, undecodable or unsafe to unpickle."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Restricted unpickling
+#
+# A .bin is a pickle of (list of encoded images, list of bool). Besides the builtin opcodes it may
+# need a few globals, each replaced here by a harmless stand-in that validates its arguments:
+#   _codecs.encode        Python 3 writes bytes this way with protocol <= 2 (text, 'latin1').
+#   numpy arrays          insightface's cfp_fp/agedb scripts stored cv2.imencode() results (uint8
+#                         ndarrays) as images; issame may be a bool ndarray or numpy bools. Only the
+#                         dtypes uint8 and bool are accepted, and no numpy code sees the raw state:
+#                         the stand-ins rebuild arrays with np.frombuffer.
+# Every other global (os.system, builtins.eval, ...) is refused before anything is called, and the
+# stand-ins are wrapped so that a BUILD opcode cannot set attributes on them.
+# --------------------------------------------------------------------------------------------------
+
+_NUMPY_MULTIARRAY = ("numpy.core.multiarray", "numpy._core.multiarray")
+_NUMPY_NUMERIC = ("numpy.core.numeric", "numpy._core.numeric")
+_ALLOWED_DTYPES = {"b1": np.dtype(bool), "?": np.dtype(bool), "u1": np.dtype(np.uint8)}
+
+
+def _text(value: Any) -> str:
+    """A str from a pickled str or (Python 2 str read with encoding='bytes') bytes."""
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    if isinstance(value, str):
+        return value
+    raise pickle.UnpicklingError(f"expected a string, got {type(value).__name__}")
+
+
+def _raw_bytes(value: Any) -> bytes:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, str):  # Python 2 str loaded as text
+        return value.encode("latin-1")
+    raise pickle.UnpicklingError(f"expected array data as bytes, got {type(value).__name__}")
+
+
+def _safe_codecs_encode(text: Any, encoding: Any = "utf-8", errors: Any = "strict") -> bytes:
+    if not isinstance(text, str) or _text(encoding).lower() not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("_codecs.encode is only allowed as (str, 'latin1')")
+    return text.encode("latin-1")
+
+
+class _DtypeStandIn:
+    """A pickled numpy dtype, restricted to bool and uint8."""
+
+    def __init__(self, descr: Any, align: Any = 0, copy: Any = 0) -> None:
+        name = _text(descr)
+        if name not in _ALLOWED_DTYPES:
+            raise pickle.UnpicklingError(f"numpy dtype {name!r} is not allowed (only bool, uint8)")
+        self.dtype = _ALLOWED_DTYPES[name]
+
+    def __setstate__(self, state: Any) -> None:
+        # (version, byteorder, subdtype, names, fields, elsize, alignment, flags): one-byte types
+        # have byteorder '|' and no fields; anything else is not a plain bool/uint8 dtype.
+        if not isinstance(state, tuple) or len(state) < 5:
+            raise pickle.UnpicklingError("malformed numpy dtype state")
+        if _text(state[1]) not in ("|", "=") or any(s is not None for s in state[2:5]):
+            raise pickle.UnpicklingError("numpy dtype state describes a non-plain dtype")
+
+
+def _dtype_of(value: Any) -> np.dtype:
+    if not isinstance(value, _DtypeStandIn):
+        raise pickle.UnpicklingError("numpy array without a pickled dtype")
+    return value.dtype
+
+
+def _shape_of(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, tuple) or not all(isinstance(d, int) and d >= 0 for d in value):
+        raise pickle.UnpicklingError(f"malformed numpy shape {value!r}")
+    return value
+
+
+def _array_from_bytes(raw: Any, dtype: np.dtype, shape: tuple[int, ...],
+                      fortran: bool) -> np.ndarray:
+    raw = _raw_bytes(raw)
+    if len(raw) != math.prod(shape) * dtype.itemsize:
+        raise pickle.UnpicklingError(f"numpy array data has {len(raw)} bytes for shape {shape}")
+    flat = np.frombuffer(raw, dtype=np.uint8)
+    flat = flat != 0 if dtype == np.dtype(bool) else flat.copy()
+    return flat.reshape(shape, order="F" if fortran else "C")
+
+
+class _ArrayStandIn:
+    """Result of numpy's _reconstruct; filled by BUILD (__setstate__) with validated state."""
+
+    value: np.ndarray | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise pickle.UnpicklingError("malformed numpy array state")
+        shape, dtype, fortran, raw = state[-4:]
+        self.value = _array_from_bytes(raw, _dtype_of(dtype), _shape_of(shape), bool(fortran))
+
+
+def _refuse_ndarray_call(*args: Any) -> None:
+    raise pickle.UnpicklingError("numpy.ndarray may only appear as an argument of _reconstruct")
+
+
+class _Guarded:
+    """An allowed global as the unpickler hands it out: callable, but immune to BUILD/setattr."""
+
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn: Any) -> None:
+        object.__setattr__(self, "_fn", fn)
+
+    def __call__(self, *args: Any) -> Any:
+        return self._fn(*args)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise pickle.UnpicklingError("allowed globals cannot be modified")
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("allowed globals cannot be modified")
+
+
+_NDARRAY = _Guarded(_refuse_ndarray_call)  # stands for numpy.ndarray, only valid in _reconstruct
+
+
+def _safe_reconstruct(cls: Any, shape: Any, typecode: Any) -> _ArrayStandIn:
+    if cls is not _NDARRAY:
+        raise pickle.UnpicklingError("numpy _reconstruct is only allowed for numpy.ndarray")
+    return _ArrayStandIn()
+
+
+def _safe_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any = "C") -> _ArrayStandIn:
+    # numpy's protocol-5 form: (buffer, dtype, shape, order)
+    out = _ArrayStandIn()
+    out.value = _array_from_bytes(buf, _dtype_of(dtype), _shape_of(shape), _text(order) == "F")
+    return out
+
+
+def _safe_scalar(dtype: Any, raw: Any = b"") -> np.bool_:
+    if _dtype_of(dtype) != np.dtype(bool):
+        raise pickle.UnpicklingError("only numpy bool scalars are allowed")
+    return np.bool_(_array_from_bytes(raw, np.dtype(bool), (), False)[()])
+
+
+_SAFE_GLOBALS: dict[tuple[str, str], _Guarded] = {
+    ("_codecs", "encode"): _Guarded(_safe_codecs_encode),
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy", "dtype"): _Guarded(_DtypeStandIn),
+}
+for _module in _NUMPY_MULTIARRAY:
+    _SAFE_GLOBALS[(_module, "_reconstruct")] = _Guarded(_safe_reconstruct)
+    _SAFE_GLOBALS[(_module, "scalar")] = _Guarded(_safe_scalar)
+for _module in _NUMPY_NUMERIC:
+    _SAFE_GLOBALS[(_module, "_frombuffer")] = _Guarded(_safe_frombuffer)
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _SAFE_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"refusing to load global '{module}.{name}' (a verification .bin holds only "
+                "encoded images and booleans; this file would call code)") from None
+
+
+def _unpickle_bin(path: str) -> tuple[list[bytes], list[bool]]:
+    """Safely unpickle a .bin and normalise it to (list of encoded image bytes, list of bool)."""
+    try:
+        with open(path, "rb") as f:
+            # encoding='bytes': Python 2 str (the public files) must stay raw JPEG bytes.
+            obj = _RestrictedUnpickler(f, encoding="bytes").load()
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except Exception as e:  # any unpickling failure: corrupt, truncated, or refused
+        raise BinFileError(
+            f"{path}: not a readable verification .bin: {type(e).__name__}: {e}") from e
+
+    if not isinstance(obj, (tuple, list)) or len(obj) != 2:
+        length = f" of length {len(obj)}" if isinstance(obj, (tuple, list)) else ""
+        raise BinFileError(f"{path}: expected a pickled pair (images, issame), got "
+                           f"{type(obj).__name__}{length}")
+    bins, issame = obj
+    if isinstance(issame, _ArrayStandIn):
+        issame = issame.value
+    if not isinstance(bins, (list, tuple)) or not isinstance(issame, (list, tuple, np.ndarray)):
+        raise BinFileError(f"{path}: expected (list of images, list of bool), got "
+                           f"({type(bins).__name__}, {type(issame).__name__})")
+    if isinstance(issame, np.ndarray) and (issame.dtype != np.dtype(bool) or issame.ndim != 1):
+        raise BinFileError(
+            f"{path}: issame array must be 1-D bool, got {issame.dtype} {issame.shape}")
+    if len(bins) != 2 * len(issame):
+        raise BinFileError(f"{path}: {len(bins)} images for {len(issame)} pairs "
+                           f"(need exactly 2 images per pair)")
+    images = []
+    for idx, item in enumerate(bins):
+        if isinstance(item, _ArrayStandIn) and item.value is not None \
+                and item.value.dtype == np.uint8:
+            item = item.value.tobytes()  # cv2.imencode output stored as an ndarray
+        if not isinstance(item, (bytes, bytearray)):
+            raise BinFileError(
+                f"{path}: image {idx} is {_describe(item)}, expected encoded image bytes")
+        images.append(bytes(item))
+    flags = []
+    for idx, flag in enumerate(issame):
+        # bool / numpy bool; 0 and 1 are accepted as the same thing, nothing else is.
+        if isinstance(flag, (bool, np.bool_)) or (type(flag) is int and flag in (0, 1)):
+            flags.append(bool(flag))
+        else:
+            raise BinFileError(f"{path}: issame[{idx}] is {_describe(flag)}, expected a bool")
+    return images, flags
+
+
+def _describe(item: Any) -> str:
+    if isinstance(item, _ArrayStandIn):
+        if item.value is None:
+            return "an unfilled numpy array"
+        return f"a numpy {item.value.dtype} array"
+    return f"a {type(item).__name__} ({item!r:.40})"
+
+
+def _decode(path: str, idx: int, raw: bytes, image_size: tuple[int, int]) -> np.ndarray:
+    """Decode one encoded image to HxWx3 BGR uint8 at ``image_size``."""
+    img = cv2.imdecode(np.frombuffer(raw, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise BinFileError(f"{path}: image {idx} (pair {idx // 2}) cannot be decoded "
+                           f"({len(raw)} bytes starting {raw[:8].hex()})")
+    height, width = image_size
+    if img.shape[:2] != (height, width):
+        # insightface resizes the short side (mx.image.resize_short, bicubic); only a same-aspect
+        # image ends up at image_size that way, anything else would not fit the batch.
+        if img.shape[0] * width != img.shape[1] * height:
+            raise BinFileError(
+                f"{path}: image {idx} (pair {idx // 2}) is {img.shape[1]}x{img.shape[0]}, "
+                f"cannot be resized to {width}x{height} without changing its aspect")
+        img = cv2.resize(img, (width, height), interpolation=cv2.INTER_CUBIC)
+    return img
+
+
+def load_bin(path: str | os.PathLike, image_size: Sequence[int] = (112, 112), *,
+             progress: bool = False, workers: int | None = None
+             ) -> tuple[list[torch.Tensor], list[bool]]:
+    """Load a verification .bin as ([images, flipped images] uint8 (2P,3,H,W) RGB, issame list)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"verification bin not found: {path}")
+    height, width = int(image_size[0]), int(image_size[1])
+    bins, issame = _unpickle_bin(path)
+    images = np.empty((len(bins), 3, height, width), dtype=np.uint8)
+
+    def decode_into(idx: int) -> None:
+        bgr = _decode(path, idx, bins[idx], (height, width))
+        images[idx] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).transpose(2, 0, 1)  # HWC BGR -> CHW RGB
+
+    # cv2.imdecode releases the GIL: threads decode in parallel (5 bins x 12000 images at start-up)
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for _ in tqdm(pool.map(decode_into, range(len(bins))), total=len(bins),
+                      desc=f"loading {os.path.basename(path)}", disable=not progress):
+            pass
+    tensor = torch.from_numpy(images)
+    return [tensor, torch.flip(tensor, dims=[3])], issame
+
+
+# --------------------------------------------------------------------------------------------------
+# Protocol
+# --------------------------------------------------------------------------------------------------
+
+def _folds(nrof_pairs: int, nrof_folds: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """insightface's LFold: KFold without shuffling; one fold means train == test == everything."""
+    indices = np.arange(nrof_pairs)
+    if nrof_folds > 1:
+        yield from KFold(n_splits=nrof_folds, shuffle=False).split(indices)
+    else:
+        yield indices, indices
+
+
+def _squared_distance(embeddings1: np.ndarray, embeddings2: np.ndarray) -> np.ndarray:
+    # Same arithmetic (and dtype) as insightface, so thresholds cut the same pairs.
+    return np.sum(np.square(np.subtract(embeddings1, embeddings2)), 1)
+
+
+def _accept_counts(dist: np.ndarray, issame: np.ndarray,
+                   thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Per threshold t: (#same with dist < t, #different with dist < t, #same, #different).
+
+    Sorting once and binary-searching every threshold gives exactly the counts of the per-threshold
+    np.less loop (NaN distances sort last and are never below a threshold, as with np.less).
+    """
+    dist = np.asarray(dist, dtype=np.float64)
+    same = np.sort(dist[issame])
+    diff = np.sort(dist[~issame])
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    return (np.searchsorted(same, thresholds, side="left"),
+            np.searchsorted(diff, thresholds, side="left"), len(same), len(diff))
+
+
+def _roc_from_counts(tp: np.ndarray, fp: np.ndarray, n_same: int, n_diff: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """tpr, fpr, accuracy per threshold, with insightface's 0-when-undefined convention."""
+    tpr = tp / n_same if n_same else np.zeros(len(tp))
+    fpr = fp / n_diff if n_diff else np.zeros(len(fp))
+    acc = (tp + (n_diff - fp)) / (n_same + n_diff)
+    return tpr, fpr, acc
+
+
+def calculate_roc(thresholds: np.ndarray, embeddings1: np.ndarray, embeddings2: np.ndarray,
+                  actual_issame: np.ndarray, nrof_folds: int = 10, pca: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean TPR/FPR per threshold over folds, and per-fold accuracy at the train folds' best."""
+    thresholds = np.asarray(thresholds)
+    actual_issame = np.asarray(actual_issame, dtype=bool)
+    nrof_pairs = min(len(actual_issame), embeddings1.shape[0])
+    tprs = np.zeros((nrof_folds, len(thresholds)))
+    fprs = np.zeros((nrof_folds, len(thresholds)))
+    accuracy = np.zeros(nrof_folds)
+    dist = _squared_distance(embeddings1, embeddings2) if pca == 0 else None
+    for fold_idx, (train_set, test_set) in enumerate(_folds(nrof_pairs, nrof_folds)):
+        if pca > 0:
+            # as insightface: PCA fitted on this fold's training embeddings, then re-normalised
+            model = PCA(n_components=pca).fit(
+                np.concatenate((embeddings1[train_set], embeddings2[train_set]), axis=0))
+            dist = _squared_distance(sklearn.preprocessing.normalize(model.transform(embeddings1)),
+                                     sklearn.preprocessing.normalize(model.transform(embeddings2)))
+        _, _, acc_train = _roc_from_counts(
+            *_accept_counts(dist[train_set], actual_issame[train_set], thresholds))
+        best = int(np.argmax(acc_train))  # first best, as np.argmax in insightface
+        tprs[fold_idx], fprs[fold_idx], acc_test = _roc_from_counts(
+            *_accept_counts(dist[test_set], actual_issame[test_set], thresholds))
+        accuracy[fold_idx] = acc_test[best]
+    return np.mean(tprs, 0), np.mean(fprs, 0), accuracy
+
+
+def interpolate_threshold(far: np.ndarray, thresholds: np.ndarray, far_target: float) -> float:
+    """Threshold at ``far_target`` on a FAR curve, as insightface's interp1d(far, thr, 'slinear').
+
+    SciPy <= 1.9 built that interpolant as a degree-1 B-spline on x = far (stably sorted) with
+    knots [x0, x0..x_{n-1}, x_{n-1}] and accepted repeated x; SciPy >= 1.10 raises "Expect x to not
+    have duplicates" (scipy PR 16780), which a FAR curve sampled on a fine threshold grid nearly
+    always has. Evaluating that spline at far_target interpolates linearly between the LAST point
+    whose FAR is <= far_target and the FIRST point whose FAR is > far_target (the knot interval
+    holding it): for each distinct FAR value, its largest threshold is used on its left and its
+    smallest on its right. This does that with the same floating-point steps as SciPy's de Boor
+    evaluation, so the threshold is bit-identical to SciPy wherever SciPy runs (any version without
+    repeats; SciPy <= 1.9 with repeats).
+    Edge cases insightface never reaches (its thresholds start at 0, where FAR is 0): far_target
+    equal to the maximum FAR gives the threshold of the last such point (old SciPy gave 0.0 when
+    that maximum was repeated: a zero-length knot interval); far_target below every FAR gives the
+    first threshold (interp1d raised a bounds error).
+    """
+    far = np.asarray(far, dtype=np.float64)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    order = np.argsort(far, kind="mergesort")  # interp1d's stable sort: ties keep threshold order
+    x, y = far[order], thresholds[order]
+    hi = int(np.searchsorted(x, far_target, side="right"))
+    if hi == 0:
+        return float(y[0])
+    if hi == len(x):
+        return float(y[-1])
+    lo = hi - 1
+    xa, xb = x[lo], x[hi]
+    w = 1.0 / (xb - xa)
+    return float(y[lo] * (w * (xb - far_target)) + y[hi] * (w * (far_target - xa)))
+
+
+def calculate_val(thresholds: np.ndarray, embeddings1: np.ndarray, embeddings2: np.ndarray,
+                  actual_issame: np.ndarray, far_target: float = FAR_TARGET, nrof_folds: int = 10
+                  ) -> tuple[float, float, float]:
+    """VAL (TAR) at the train-fold threshold for ``far_target``: (mean VAL, std VAL, mean FAR)."""
+    thresholds = np.asarray(thresholds)
+    actual_issame = np.asarray(actual_issame, dtype=bool)
+    nrof_pairs = min(len(actual_issame), embeddings1.shape[0])
+    val = np.zeros(nrof_folds)
+    far = np.zeros(nrof_folds)
+    dist = _squared_distance(embeddings1, embeddings2)
+    for fold_idx, (train_set, test_set) in enumerate(_folds(nrof_pairs, nrof_folds)):
+        _, fa, _, n_diff = _accept_counts(dist[train_set], actual_issame[train_set], thresholds)
+        far_train = fa / n_diff if n_diff else np.zeros(len(fa))
+        if np.max(far_train) >= far_target:
+            threshold = interpolate_threshold(far_train, thresholds, far_target)
+        else:
+            threshold = 0.0
+        ta, fa, n_same, n_diff = _accept_counts(dist[test_set], actual_issame[test_set],
+                                                np.array([threshold]))
+        # insightface divides by zero here (a fold without same or without different pairs)
+        val[fold_idx] = ta[0] / n_same if n_same else 0.0
+        far[fold_idx] = fa[0] / n_diff if n_diff else 0.0
+    return float(np.mean(val)), float(np.std(val)), float(np.mean(far))
+
+
+def evaluate(embeddings: np.ndarray, actual_issame: Sequence[bool], nrof_folds: int = 10,
+             pca: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float, float]:
+    """insightface's protocol on interleaved pair embeddings: (tpr, fpr, acc, val, val_std, far)."""
+    embeddings = np.asarray(embeddings)
+    actual_issame = np.asarray(actual_issame, dtype=bool)
+    if embeddings.ndim != 2 or embeddings.shape[0] != 2 * len(actual_issame):
+        raise ValueError(f"evaluate: expected 2 embeddings per pair ({2 * len(actual_issame)} rows "
+                         f"for {len(actual_issame)} pairs), got shape {embeddings.shape}")
+    if nrof_folds < 1 or (nrof_folds > 1 and len(actual_issame) < nrof_folds):
+        raise ValueError(
+            f"evaluate: cannot split {len(actual_issame)} pairs into {nrof_folds} folds")
+    embeddings1, embeddings2 = embeddings[0::2], embeddings[1::2]
+    tpr, fpr, accuracy = calculate_roc(np.arange(0, 4, 0.01), embeddings1, embeddings2,
+                                       actual_issame, nrof_folds=nrof_folds, pca=pca)
+    val, val_std, far = calculate_val(np.arange(0, 4, 0.001), embeddings1, embeddings2,
+                                      actual_issame, FAR_TARGET, nrof_folds=nrof_folds)
+    return tpr, fpr, accuracy, val, val_std, far
+
+
+# --------------------------------------------------------------------------------------------------
+# Embedding a set with a backbone
+# --------------------------------------------------------------------------------------------------
+
+def _module_device(module: torch.nn.Module) -> torch.device:
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+@torch.inference_mode()
+def _embed(data: torch.Tensor, backbone: torch.nn.Module, batch_size: int, device: torch.device,
+           amp: bool, desc: str, progress: bool) -> np.ndarray:
+    """Embeddings (float64, as insightface) of every image of ``data`` (N,3,H,W), in batches."""
+    embeddings = None
+    # bf16 is the autocast type CPUs support; fp16 on GPUs, as insightface's fp16 training
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    starts = range(0, data.shape[0], batch_size)
+    for start in tqdm(starts, desc=desc, leave=False, disable=not progress):
+        # plain slicing: a short last batch is simply smaller (insightface re-used the tail of the
+        # previous batch, which breaks when the set is smaller than one batch)
+        # copy=True: the in-place steps below must never write into a float data set
+        batch = data[start:start + batch_size].to(device, torch.float32, copy=True)
+        img = batch.div_(255).sub_(0.5).div_(0.5)  # insightface's ((x / 255) - 0.5) / 0.5
+        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp):
+            out = backbone(img)
+        out = out.float().cpu().numpy()
+        if embeddings is None:
+            embeddings = np.zeros((data.shape[0], out.shape[1]))
+        embeddings[start:start + out.shape[0]] = out
+    if embeddings is None:
+        raise ValueError("test: the verification set holds no images")
+    return embeddings
+
+
+def test(data_set: tuple[Sequence[torch.Tensor], Sequence[bool]], backbone: torch.nn.Module,
+         batch_size: int = 64, nfolds: int = 10, device: str | torch.device | None = None,
+         amp: bool = False, progress: bool = False
+         ) -> tuple[float, float, float, float, float, list[np.ndarray]]:
+    """Verify a loaded .bin with ``backbone``: (acc1, std1, acc2, std2, xnorm, embeddings_list).
+
+    acc1/std1 use the embeddings of the images, acc2/std2 the sum of the embeddings of an image and
+    of its mirror (insightface's reported "Accuracy-Flip"); xnorm is the mean norm of all raw
+    embeddings. The backbone is put in eval mode and given back in the mode it came in.
+    """
+    data_list, issame_list = data_set
+    if len(data_list) != 2:
+        raise ValueError(f"test: expected [images, flipped images], got {len(data_list)} tensors")
+    if batch_size < 1:
+        raise ValueError(f"test: batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device) if device is not None else _module_device(backbone)
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        embeddings_list = [_embed(data, backbone, batch_size, device, amp,
+                                  f"embedding {name}", progress)
+                           for name, data in zip(("images", "flipped"), data_list)]
+    finally:
+        backbone.train(was_training)
+
+    xnorm = float(np.mean(np.concatenate([np.linalg.norm(e, axis=1) for e in embeddings_list])))
+    embeddings = sklearn.preprocessing.normalize(embeddings_list[0])
+    _, _, accuracy, _, _, _ = evaluate(embeddings, issame_list, nrof_folds=nfolds)
+    acc1, std1 = float(np.mean(accuracy)), float(np.std(accuracy))
+    embeddings = sklearn.preprocessing.normalize(embeddings_list[0] + embeddings_list[1])
+    _, _, accuracy, _, _, _ = evaluate(embeddings, issame_list, nrof_folds=nfolds)
+    acc2, std2 = float(np.mean(accuracy)), float(np.std(accuracy))
+    return acc1, std1, acc2, std2, xnorm, embeddings_list
+
+
+test.__test__ = False  # a library function named test: keep pytest from collecting it when imported
