@@ -20,7 +20,7 @@ import numbers
 import os
 import struct
 from collections import namedtuple
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -58,6 +58,17 @@ class RecordKeyError(RecordIOError, KeyError):
 
 def _align4(n: int) -> int:
     return (n + 3) & ~3
+
+
+def _aligned_magic(buf: bytes) -> Iterator[int]:
+    """Offsets of the magic number at 4-byte-aligned positions (where dmlc-core splits)."""
+    i = buf.find(_MAGIC_BYTES)
+    while i != -1:
+        if i % 4 == 0:
+            yield i
+            i = buf.find(_MAGIC_BYTES, i + 4)
+        else:
+            i = buf.find(_MAGIC_BYTES, i + 1)
 
 
 class MXRecordIO:
@@ -140,12 +151,11 @@ class MXRecordIO:
             raise RecordIOError(f"{self.uri}: record of {length} bytes is over the 2^29 limit")
         out = self._writer
         start = 0
-        for i in range(0, length & ~3, 4):
-            if buf[i : i + 4] == _MAGIC_BYTES:
-                cflag = 1 if start == 0 else 2
-                out.write(struct.pack("<II", MAGIC, (cflag << 29) | (i - start)))
-                out.write(buf[start:i])
-                start = i + 4
+        for i in _aligned_magic(buf):
+            cflag = 1 if start == 0 else 2
+            out.write(struct.pack("<II", MAGIC, (cflag << 29) | (i - start)))
+            out.write(buf[start:i])
+            start = i + 4
         cflag = 3 if start != 0 else 0
         out.write(struct.pack("<II", MAGIC, (cflag << 29) | (length - start)))
         out.write(buf[start:])
