@@ -45,7 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="config file (default: config/config.py)")
     parser.add_argument("--dataset", help="dataset block of the config (emore, webface, ..., synthetic)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    parser.add_argument("--resume", metavar="auto|PATH", help="continue from the newest checkpoint in the output folder, or from PATH")
+    parser.add_argument("--resume", metavar="auto|PATH",
+                        help="continue from the newest checkpoint in the output folder, or from PATH")
     # torch.distributed.launch passes --local-rank (older versions --local_rank); torchrun sets LOCAL_RANK
     parser.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=None)
     return parser.parse_args(argv)

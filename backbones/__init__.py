@@ -2,7 +2,7 @@
 
 Every backbone maps a (N, 3, 112, 112) batch to (N, num_features) embeddings and offers
 ``forward_trunk`` / ``forward_head`` / ``double_forward`` and a ``dropout_p`` property
-(see backbones/iresnet.py).
+(backbones/base.py).
 """
 
 from __future__ import annotations

@@ -15,11 +15,12 @@ Forward path::
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .base import FEATURE_MAP_SIZE, FaceBackbone, check_feature_map
 
 __all__ = [
     "SEModule",
@@ -31,12 +32,6 @@ __all__ = [
     "iresnet100",
     "iresnet200",
 ]
-
-# Spatial size of the last feature map for a 112x112 input (four stride-2 stages).
-FEATURE_MAP_SIZE = 7
-
-# forward() returns one embedding batch, or two with double=True.
-Embeddings = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -104,7 +99,7 @@ class IBasicBlock(nn.Module):
         return out + identity
 
 
-class IResNet(nn.Module):
+class IResNet(FaceBackbone):
     """iResNet trunk + fc/BN embedding head; see the module docstring for the layout."""
 
     fc_scale = FEATURE_MAP_SIZE * FEATURE_MAP_SIZE
@@ -174,19 +169,6 @@ class IResNet(nn.Module):
                 if isinstance(m, IBasicBlock):
                     nn.init.constant_(m.bn2.weight, 0)
 
-    @property
-    def dropout_p(self) -> float:
-        """Dropout probability on the flattened feature map."""
-        return self.dropout.p
-
-    @dropout_p.setter
-    def dropout_p(self, p: float) -> None:
-        p = float(p)
-        # p = 1 would divide by zero in inverted dropout (scale 1/(1-p)).
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"{type(self).__name__}: dropout must be in [0, 1), got {p}")
-        self.dropout.p = p
-
     def forward_trunk(self, x: torch.Tensor) -> torch.Tensor:
         """Image batch (N,3,112,112) -> flattened BN'd last feature map (N, 49*8*width)."""
         in_hw = tuple(x.shape[-2:])
@@ -199,45 +181,6 @@ class IResNet(nn.Module):
     def forward_head(self, flat: torch.Tensor) -> torch.Tensor:
         """Flattened feature map -> fc -> features BN -> embedding (no dropout here)."""
         return self.features(self.fc(flat))
-
-    def forward(self, x: torch.Tensor, double: bool = False) -> Embeddings:
-        """Single-branch embedding (trunk, dropout in train mode, head); double_forward if double.
-
-        ``double=True`` exists so a DistributedDataParallel-wrapped backbone can run the double
-        branch through DDP's forward (calling ``ddp.module.double_forward`` would bypass it).
-        """
-        if double:
-            return self.double_forward(x)
-        return self.forward_head(self.dropout(self.forward_trunk(x)))
-
-    def double_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One trunk pass, two independent inverted-dropout masks, the same head on each view."""
-        return double_dropout_head(self.forward_trunk(x), self.dropout, self.forward_head)
-
-
-def check_feature_map(model: nn.Module, in_hw: tuple, fmap: torch.Tensor) -> None:
-    """Raise a clear error unless the last feature map is 7x7 (what the head is sized for)."""
-    # Skipped while tracing (ONNX export): shapes are fixed there and the check would warn.
-    if torch.jit.is_tracing() or tuple(fmap.shape[-2:]) == (FEATURE_MAP_SIZE, FEATURE_MAP_SIZE):
-        return
-    raise ValueError(
-        f"{type(model).__name__}: input of size {in_hw[0]}x{in_hw[1]} gives a "
-        f"{fmap.shape[-2]}x{fmap.shape[-1]} final feature map, but the head needs "
-        f"{FEATURE_MAP_SIZE}x{FEATURE_MAP_SIZE}: use 112x112 aligned face crops"
-    )
-
-
-def double_dropout_head(
-    flat: torch.Tensor, dropout: nn.Dropout, head: Callable[[torch.Tensor], torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply two independent draws of ``dropout`` to ``flat`` and run ``head`` on each view.
-
-    Each F.dropout call samples its own Bernoulli(1-p) mask from the torch RNG and scales kept
-    units by 1/(1-p); in eval mode both calls are the identity, so the two outputs are equal.
-    """
-    view1 = F.dropout(flat, dropout.p, dropout.training)
-    view2 = F.dropout(flat, dropout.p, dropout.training)
-    return head(view1), head(view2)
 
 
 def _iresnet(layers: Sequence[int], **kwargs) -> IResNet:

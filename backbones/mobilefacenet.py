@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .iresnet import Embeddings, check_feature_map, double_dropout_head
+from .base import FaceBackbone, check_feature_map
 
 Pair = tuple[int, int]
 
@@ -124,7 +124,7 @@ class GDC(nn.Module):
         return self.head(self.trunk(x))
 
 
-class MobileFaceNet(nn.Module):
+class MobileFaceNet(FaceBackbone):
     """MobileFaceNet trunk + GDC head with the forward_trunk/forward_head/double_forward API."""
 
     def __init__(
@@ -171,18 +171,6 @@ class MobileFaceNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    @property
-    def dropout_p(self) -> float:
-        """Dropout probability on the flattened GDC output."""
-        return self.dropout.p
-
-    @dropout_p.setter
-    def dropout_p(self, p: float) -> None:
-        p = float(p)
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"{type(self).__name__}: dropout must be in [0, 1), got {p}")
-        self.dropout.p = p
-
     def forward_trunk(self, x: torch.Tensor) -> torch.Tensor:
         """Image batch (N,3,112,112) -> flattened GDC output (N, 512)."""
         in_hw = tuple(x.shape[-2:])
@@ -195,16 +183,6 @@ class MobileFaceNet(nn.Module):
     def forward_head(self, flat: torch.Tensor) -> torch.Tensor:
         """(N, 512) -> Linear -> BatchNorm1d -> embedding (no dropout here)."""
         return self.features.head(flat)
-
-    def forward(self, x: torch.Tensor, double: bool = False) -> Embeddings:
-        """Single-branch embedding, or double_forward if double (see IResNet.forward)."""
-        if double:
-            return self.double_forward(x)
-        return self.forward_head(self.dropout(self.forward_trunk(x)))
-
-    def double_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One trunk pass, two independent inverted-dropout masks, the same head on each view."""
-        return double_dropout_head(self.forward_trunk(x), self.dropout, self.forward_head)
 
 
 def mobilefacenet(num_features: int = 512, dropout: float = 0.0) -> MobileFaceNet:

@@ -81,10 +81,10 @@ DATASETS = {
         network="iresnet100", network_width=64, batch_size=128, lr=0.1, num_workers=8,
         num_epoch=20, shrink_epoch=[8, 14, 18],
     ),
-    "synthetic": edict(  # CPU-sized; make it with: python -m tools.make_synthetic
+    "synthetic": edict(  # CPU-sized (scripts/quickstart.sh); make it with: python -m tools.make_synthetic
         rec="data/synthetic", num_classes=0, num_image=0,  # 0: read from the data
-        network="iresnet18", network_width=8, batch_size=64, lr=0.1, num_workers=2,
-        num_epoch=6, shrink_epoch=[4, 6],
+        network="iresnet18", network_width=8, batch_size=64, lr=0.1, num_workers=1,
+        num_epoch=4, shrink_epoch=[3, 4],
     ),
 }
 

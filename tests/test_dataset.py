@@ -240,7 +240,8 @@ def test_missing_files(tmp_path):
         MXFaceDataset(tmp_path)
     write_rec(tmp_path, [0.0])
     (tmp_path / "train.idx").unlink()
-    with pytest.raises(FileNotFoundError, match=rf"train\.idx: index file not found; .*python -m tools\.rec2idx {tmp_path}/train\.rec"):
+    hint = rf"train\.idx: index file not found; .*python -m tools\.rec2idx {tmp_path}/train\.rec"
+    with pytest.raises(FileNotFoundError, match=hint):
         MXFaceDataset(tmp_path)
     with pytest.raises(ValueError, match="label_check='sometimes'"):
         MXFaceDataset(tmp_path, label_check="sometimes")

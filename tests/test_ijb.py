@@ -45,7 +45,8 @@ def test_meta_readers(tmp_path):
     assert n5.tolist() == ["1.jpg", "2.jpg"] and lmk.shape == (2, 5, 2)
     assert lmk[0, 1].tolist() == pytest.approx([87.785, 60.323]) and lmk[1, 4].tolist() == [9, 10]
     assert score.tolist() == pytest.approx([0.999, 0.5])
-    csv = write(tmp_path / "m" / "g.csv", "TEMPLATE_ID,SUBJECT_ID,FILENAME,SIGHTING_ID\n5,100,img/1.jpg,1\n5,100,img/2.jpg,2\n9,7,frames/3.png,3\n")
+    csv = write(tmp_path / "m" / "g.csv", "TEMPLATE_ID,SUBJECT_ID,FILENAME,SIGHTING_ID\n"
+                "5,100,img/1.jpg,1\n5,100,img/2.jpg,2\n9,7,frames/3.png,3\n")
     t, s = data.read_template_subject_id_list(csv)
     assert t.tolist() == [5, 5, 9] and s.tolist() == [100, 100, 7]
 

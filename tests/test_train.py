@@ -125,13 +125,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
     train.main(args(data_dir, out, "num_epoch=1", "shrink_epoch=[1]"))
     saved = {path: file_digest(path) for _, path in train_state.list_checkpoints(out)}
     # a head scale of 1e39 overflows float32: the logits, hence the loss, are not finite
-    with pytest.raises(FloatingPointError, match=r"non-finite loss at step 7 .*Last good checkpoint: .*checkpoint-6.pt"):
+    message = r"non-finite loss at step 7 .*Last good checkpoint: .*checkpoint-6.pt"
+    with pytest.raises(FloatingPointError, match=message):
         train.main(args(data_dir, out, "num_epoch=2", "shrink_epoch=[1]", "s=1e39") + ["--resume", "auto"])
     assert {path: file_digest(path) for _, path in train_state.list_checkpoints(out)} == saved
 
 
 def test_missing_data_dir_names_it_and_suggests_synthetic(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"'/nonexistent/faces' \(dataset 'emore', key `rec`\).*--dataset synthetic"):
+    message = r"'/nonexistent/faces' \(dataset 'emore', key `rec`\).*--dataset synthetic"
+    with pytest.raises(FileNotFoundError, match=message):
         train.main(["--set", "rec=/nonexistent/faces", "--set", f"output={tmp_path}"])
 
 

@@ -295,8 +295,8 @@ def sample_nuisance(rng: np.random.Generator, profile: NuisanceProfile, **overri
 
 # --------------------------------------------------------------------------------------------
 # geometry
-FEAT, OUTL, HALF, PLAIN, IMAGE = range(5)
-_DUAL = 4.0 / 3.0  # dual exponent of the head's quartic cross-section (its silhouette)  # how a primitive's points reach the image (see _Scene)
+FEAT, OUTL, HALF, PLAIN, IMAGE = range(5)  # how a primitive's points reach the image (see _Scene)
+_DUAL = 4.0 / 3.0  # dual exponent of the head's quartic cross-section (its silhouette)
 
 
 def _ellipse(cx: float, cy: float, rx: float, ry: float, angle: float = 0.0) -> np.ndarray:
