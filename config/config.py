@@ -84,7 +84,7 @@ DATASETS = {
     "synthetic": edict(  # CPU-sized (scripts/quickstart.sh); make it with: python -m tools.make_synthetic
         rec="data/synthetic", num_classes=0, num_image=0,  # 0: read from the data
         network="iresnet18", network_width=8, batch_size=64, lr=0.1, num_workers=1,
-        num_epoch=3, shrink_epoch=[3],
+        num_epoch=4, shrink_epoch=[4],
     ),
 }
 
