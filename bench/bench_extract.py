@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 
 from backbones import get_backbone  # noqa: E402
+from bench.machine import describe_machine  # noqa: E402
 from eval.embedder import Embedder, default_amp_dtype  # noqa: E402
 
 
@@ -40,23 +40,6 @@ def throughput(
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
             return done / elapsed
-
-
-def machine() -> str:
-    """One line describing the host (and GPU)."""
-    cpu = platform.processor() or platform.machine()
-    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
-    threads = torch.get_num_threads()
-    parts = [f"{cpu}, {os.cpu_count()} cores{load}, torch {torch.__version__} ({threads} threads)"]
-    try:
-        import onnxruntime as ort
-
-        parts.append(f"onnxruntime {ort.__version__}")
-    except ImportError:
-        pass
-    if torch.cuda.is_available():
-        parts.append(f"GPU {torch.cuda.get_device_name(0)}")
-    return ", ".join(parts)
 
 
 def main(argv: Sequence[str] | None = None) -> list[tuple[str, int, float]]:
@@ -123,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> list[tuple[str, int, float]]:
         os.remove(onnx_path)
         os.rmdir(os.path.dirname(onnx_path))
 
-    print(f"machine: {machine()}")
+    print(f"machine: {describe_machine()}")
     width = f" width {args.width}" if kwargs else ""
     print(f"network: {args.network}{width}, 112x112 uint8 input, {args.seconds:g} s per row")
     baseline = rows[0]

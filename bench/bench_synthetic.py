@@ -18,7 +18,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.synthetic_learnability import machine  # noqa: E402
+from bench.machine import describe_machine  # noqa: E402
 from tools import make_synthetic  # noqa: E402
 
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
             seconds = time.perf_counter() - start
         images = manifest["num_images"] + 2 * args.pairs * len(manifest["bins"])
         rows.append((workers, images, seconds))
-    print(f"machine: {machine()}")
+    print(f"machine: {describe_machine()}")
     print(f"command: python bench/bench_synthetic.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     print(f"{'workers':>7} {'images':>7} {'seconds':>8} {'images/s':>9} {'ratio':>6}")
     base = rows[0][1] / rows[0][2]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 
@@ -20,6 +19,7 @@ import sklearn.preprocessing
 from sklearn.model_selection import KFold
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.machine import describe_machine  # noqa: E402
 from eval.verification import evaluate, interpolate_threshold  # noqa: E402
 
 
@@ -96,8 +96,7 @@ def main(argv=None) -> None:
     t_ours, ours = _best_time(lambda: evaluate(emb, issame), args.repeat)
     same = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(ours, ref))
 
-    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, Python {platform.python_version()}, NumPy {np.__version__}")
+    print(f"machine: {describe_machine()}")
     print(f"set: {args.pairs} pairs x {args.dim}-d, 10 folds, best of {args.repeat}; "
           f"accuracy {np.mean(ours[2]):.4f}, identical results: {'yes' if same else 'NO'}")
     print(f"{'method':<40}{'seconds':>10}{'ratio':>10}")

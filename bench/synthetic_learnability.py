@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 
 import numpy as np
@@ -25,21 +24,11 @@ from sklearn.preprocessing import normalize
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from backbones import get_backbone  # noqa: E402
+from bench.machine import describe_machine  # noqa: E402
 from eval.embedder import load_backbone  # noqa: E402
 from eval.verification import evaluate, load_bin, test  # noqa: E402
 
 BINS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
-
-
-def machine() -> str:
-    """CPU model and core count, for the table header."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
 def pixel_accuracy(images: torch.Tensor, flipped: torch.Tensor, issame: list[bool]) -> float:
@@ -82,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         if trained is not None:
             rows[b]["trained"] = test(sets[b], trained, batch_size=args.batch_size)[2]
 
-    print(f"machine: {machine()}")
+    print(f"machine: {describe_machine()}")
     print(f"command: python bench/synthetic_learnability.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     print(f"network: {network} {kwargs}" + (f", trained: {args.checkpoint}" if trained is not None else ""))
     cols = ["pixels", "untrained"] + (["trained"] if trained is not None else [])
