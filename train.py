@@ -263,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     env = init_distributed(args.local_rank)
     try:
         train(cfg, env, args.resume)
+        barrier(env)  # leave together: gloo can abort a rank whose peer tears the group down first
     finally:
         cleanup(env)
     return 0

@@ -51,6 +51,7 @@ def worker(rank, init_file, result_file):
     if rank == 0:
         grads = {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
         torch.save({"grads": grads, "margin": method.contra.m}, result_file)
+    dist.barrier()  # leave together: gloo can abort a rank whose peer tears the group down first
     dist.destroy_process_group()
 
 
