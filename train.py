@@ -66,14 +66,20 @@ def check_data_dir(cfg) -> None:
     raise FileNotFoundError(f"training data folder {cfg.rec!r} (dataset {cfg.dataset!r}, key `rec`) not found; {hint}")
 
 
-def prepare_output(cfg, resume: str | None, env: DistEnv) -> str | None:
-    """Decide (on rank 0) which checkpoint to resume from; refuse to overwrite an existing run."""
+def prepare_output(cfg, resume: str | None, env: DistEnv) -> tuple[str | None, dict | None]:
+    """Decide (on rank 0) which checkpoint to resume from; refuse to overwrite an existing run.
+
+    Returns the checkpoint's path and, where choosing it already loaded it (rank 0 of
+    ``--resume auto``), the checkpoint itself, so that it is not read twice.
+    """
     decision: tuple[str | None, str | None] = (None, None)  # (checkpoint path, error)
+    loaded = None
     if env.is_main:
         existing = train_state.list_checkpoints(cfg.output) or os.path.exists(os.path.join(cfg.output, "config.json"))
         if resume == "auto":
             found = train_state.find_resume_checkpoint(cfg.output)
-            decision = (found[0] if found else None, None)
+            if found:
+                decision, loaded = (found[0], None), found[1]
         elif resume:
             decision = (resume, None if os.path.isfile(resume) else f"--resume {resume}: file not found")
         elif existing:
@@ -85,7 +91,7 @@ def prepare_output(cfg, resume: str | None, env: DistEnv) -> str | None:
     path, error = broadcast_object(env, decision)
     if error:
         raise FileExistsError(error) if "already holds" in error else FileNotFoundError(error)
-    return path
+    return path, loaded
 
 
 def seed_everything(seed: int) -> None:
@@ -105,7 +111,7 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 def train(cfg, env: DistEnv, resume: str | None) -> None:
     amp_dtype = autocast_dtype(cfg.amp, env.device)
-    resume_path = prepare_output(cfg, resume, env)
+    resume_path, checkpoint = prepare_output(cfg, resume, env)
     init_logging(env.rank, cfg.output)
     seed_everything(cfg.seed + env.rank)
 
@@ -149,7 +155,8 @@ def train(cfg, env: DistEnv, resume: str | None) -> None:
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
 
     # --- state, callbacks ---------------------------------------------------------------------
-    checkpoint = train_state.read_checkpoint(resume_path) if resume_path else None
+    if resume_path and checkpoint is None:
+        checkpoint = train_state.read_checkpoint(resume_path)
     if checkpoint:
         warn_config_changes(checkpoint["config"], to_plain(cfg))
     start_step = checkpoint["step"] if checkpoint else 0
