@@ -269,8 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     check_data_dir(cfg)
     env = init_distributed(args.local_rank)
     try:
-        train(cfg, env, args.resume)
-        barrier(env)  # leave together: gloo can abort a rank whose peer tears the group down first
+        train(cfg, env, args.resume)  # ends with save(), whose barrier lets the ranks leave together
     finally:
         cleanup(env)
     return 0
