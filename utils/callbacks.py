@@ -94,15 +94,13 @@ class CallBackVerification:
         """When due, evaluate ``backbone``; returns {target: accuracy-flip} on every rank."""
         if not self.targets or not _due(step, self.frequent, self.total_step):
             return None
-        was_training = backbone.training
-        backbone.eval()
         mine = {}
         for name, data_set in self.sets.items():
+            # test() puts the backbone in eval mode and gives it back in the mode it came in
             _, _, acc, std, xnorm, _ = verification.test(
                 data_set, backbone, batch_size=self.batch_size, nfolds=10, device=self.env.device
             )
             mine[name] = (acc, std, xnorm)
-        backbone.train(was_training)
         results = {k: v for part in all_gather_objects(self.env, mine) for k, v in part.items()}
         if self.env.is_main:
             self._report(step, results)
