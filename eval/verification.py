@@ -27,6 +27,8 @@ from sklearn.decomposition import PCA
 from sklearn.model_selection import KFold
 from tqdm import tqdm
 
+from eval.embedder import normalise
+
 __all__ = [
     "BinFileError",
     "load_bin",
@@ -470,9 +472,7 @@ def _embed(data: torch.Tensor, backbone: torch.nn.Module, batch_size: int, devic
     for start in tqdm(starts, desc=desc, leave=False, disable=not progress):
         # plain slicing: a short last batch is simply smaller (insightface re-used the tail of the
         # previous batch, which breaks when the set is smaller than one batch)
-        # copy=True: the in-place steps below must never write into a float data set
-        batch = data[start:start + batch_size].to(device, torch.float32, copy=True)
-        img = batch.div_(255).sub_(0.5).div_(0.5)  # insightface's ((x / 255) - 0.5) / 0.5
+        img = normalise(data[start:start + batch_size].to(device))
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp):
             out = backbone(img)
         out = out.float().cpu().numpy()
