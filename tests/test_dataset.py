@@ -28,7 +28,7 @@ from utils.dataset import (
 )
 from utils.recordio import IRHeader, MXIndexedRecordIO, RecordIOError, pack, unpack
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "mxnet"
+FIXTURES = Path(__file__).resolve().parent / "data" / "mxnet"  # written by mxnet 1.9.1, see data/README.md
 
 
 def png(bgr: np.ndarray) -> bytes:

@@ -14,7 +14,7 @@ from tools import im2rec, rec2idx, shuffle_rec
 from utils.dataset import MXFaceDataset, list_image_folder
 from utils.recordio import MXIndexedRecordIO, unpack
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "mxnet"
+FIXTURES = Path(__file__).resolve().parent / "data" / "mxnet"  # written by mxnet 1.9.1, see data/README.md
 COUNTS = {"alice": 3, "bob": 2, "carol": 4}  # sorted names -> classes 0, 1, 2
 
 

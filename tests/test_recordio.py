@@ -23,7 +23,7 @@ from utils.recordio import (
     unpack_img,
 )
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "mxnet"
+FIXTURES = Path(__file__).resolve().parent / "data" / "mxnet"  # written by mxnet 1.9.1, see data/README.md
 MAGIC = b"\x0a\x23\xd7\xce"  # 0xced7230a, little-endian
 
 
