@@ -10,13 +10,25 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+from losses.heads.adaface import AdaFace
 from losses.heads.base import MarginHead
+from losses.heads.curricularface import CurricularFace
+from losses.heads.elasticface import ElasticArcFace, ElasticCosFace
+from losses.heads.magface import MagFace
 from losses.heads.margin import ArcFace, CombinedMargin, CosFace
+from losses.heads.mv_softmax import MVSoftmaxAM, MVSoftmaxArc
 
 HEADS: dict[str, type[MarginHead]] = {
     "arcface": ArcFace,
     "cosface": CosFace,
     "combined": CombinedMargin,
+    "mv_am": MVSoftmaxAM,
+    "mv_arc": MVSoftmaxArc,
+    "curricularface": CurricularFace,
+    "magface": MagFace,
+    "adaface": AdaFace,
+    "elastic_arc": ElasticArcFace,
+    "elastic_cos": ElasticCosFace,
 }
 
 # every parameter some head takes, in a stable order: the config keys of the method section
@@ -41,4 +53,19 @@ def get_head(name: str, in_features: int, out_features: int, **params: Any) -> M
     return cls(in_features, out_features, **given)
 
 
-__all__ = ["HEADS", "HEAD_PARAMS", "ArcFace", "CombinedMargin", "CosFace", "MarginHead", "get_head"]
+__all__ = [
+    "HEADS",
+    "HEAD_PARAMS",
+    "AdaFace",
+    "ArcFace",
+    "CombinedMargin",
+    "CosFace",
+    "CurricularFace",
+    "ElasticArcFace",
+    "ElasticCosFace",
+    "MVSoftmaxAM",
+    "MVSoftmaxArc",
+    "MagFace",
+    "MarginHead",
+    "get_head",
+]
