@@ -35,10 +35,9 @@ from tqdm import tqdm
 
 from utils.dataset import list_image_folder
 from utils.fileio import atomic_path, atomic_write_bytes, refuse_overwrite
+from utils.images import ENCODINGS, encode_face
 from utils.recordio import IRHeader, MXIndexedRecordIO, pack
 
-FORMATS = {"jpg": ".jpg", "png": ".png"}
-_JPEG_SOI = b"\xff\xd8\xff"
 
 logger = logging.getLogger(__name__)
 
@@ -95,30 +94,8 @@ def encode_image(
     quality: int = 95, keep_jpeg: bool = False,
 ) -> bytes:
     """The bytes to store for the image at ``path``: decoded, size-checked, re-encoded."""
-    data = np.fromfile(path, dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if img is None:
-        raise ValueError(f"{path}: cannot decode the image (corrupt or not an image)")
-    h, w = img.shape[:2]
-    if (h, w) != (image_size, image_size):
-        if not resize:
-            raise ValueError(
-                f"{path}: image is {w}x{h}, expected {image_size}x{image_size}; "
-                f"pass --resize to resize it"
-            )
-        shrink = h > image_size or w > image_size
-        img = cv2.resize(img, (image_size, image_size),
-                         interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    elif keep_jpeg and fmt == "jpg" and data[:3].tobytes() == _JPEG_SOI:
-        return data.tobytes()
-    if fmt == "jpg":
-        params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
-    else:
-        params = [cv2.IMWRITE_PNG_COMPRESSION, 3]
-    ok, buf = cv2.imencode(FORMATS[fmt], img, params)
-    if not ok:
-        raise ValueError(f"{path}: OpenCV could not encode the image as {fmt}")
-    return buf.tobytes()
+    keep = ("jpg",) if keep_jpeg and fmt == "jpg" else ()
+    return encode_face(path, (image_size, image_size), resize, fmt, quality, keep)
 
 
 def _encoded(paths: list[str], workers: int, encode) -> Iterator[bytes]:
@@ -197,7 +174,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("out_dir", help="folder to write train.rec, train.idx and property into")
     parser.add_argument("--image-size", type=int, default=112, help="square image side (default 112)")
     parser.add_argument("--resize", action="store_true", help="resize images of another size")
-    parser.add_argument("--format", choices=sorted(FORMATS), default="jpg",
+    parser.add_argument("--format", choices=sorted(ENCODINGS), default="jpg",
                         help="stored encoding: jpg (default) or png (lossless)")
     parser.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
     parser.add_argument("--keep-jpeg", action="store_true",

@@ -24,16 +24,12 @@ import pickle
 import struct
 from typing import BinaryIO, Sequence
 
-import cv2
-import numpy as np
 from tqdm import tqdm
 
 from utils.fileio import atomic_path, refuse_overwrite
+from utils.images import encode_face
 
 logger = logging.getLogger(__name__)
-
-_JPEG_MAGIC = b"\xff\xd8\xff"
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 class PairsFormatError(ValueError):
@@ -110,26 +106,7 @@ def read_list_pairs(path: str, root: str) -> list[tuple[str, str, bool]]:
 def encode_image(path: str, image_size: tuple[int, int], resize: bool = False,
                  quality: int = 95) -> bytes:
     """Encoded bytes to store for one image: the file itself if it is a right-size JPEG/PNG."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    img = cv2.imdecode(np.frombuffer(raw, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError(f"{path}: not a decodable image")
-    height, width = image_size
-    right_size = img.shape[:2] == (height, width)
-    if right_size and (raw.startswith(_JPEG_MAGIC) or raw.startswith(_PNG_MAGIC)):
-        return raw
-    if not right_size:
-        if not resize:
-            raise ValueError(f"{path}: image is {img.shape[1]}x{img.shape[0]}, expected aligned "
-                             f"{width}x{height} faces (pass --resize to resize it)")
-        shrink = img.shape[0] > height or img.shape[1] > width
-        interpolation = cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
-        img = cv2.resize(img, (width, height), interpolation=interpolation)
-    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise ValueError(f"{path}: JPEG encoding failed")
-    return buf.tobytes()
+    return encode_face(path, image_size, resize, "jpg", quality, keep=("jpg", "png"))
 
 
 # --------------------------------------------------------------------------------------------------
