@@ -25,6 +25,7 @@ from utils.dataset import (
     MXFaceDataset,
     flip_decision,
     get_train_dataset,
+    normalize_batch,
 )
 from utils.recordio import IRHeader, MXIndexedRecordIO, RecordIOError, pack, unpack
 
@@ -43,10 +44,20 @@ def make_image(i: int, size: int = 112) -> np.ndarray:
 
 
 def expected_tensor(bgr: np.ndarray, flip: bool = False) -> np.ndarray:
+    """The uint8 CHW RGB image a dataset hands out."""
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     if flip:
         rgb = rgb[:, ::-1]
-    return rgb.transpose(2, 0, 1).astype(np.float32) / 127.5 - 1
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+
+
+def arcface_torch_tensor(bgr: np.ndarray, flip: bool = False) -> np.ndarray:
+    """What the float32 path gave before (and arcface_torch's ToTensor + Normalize(0.5, 0.5) gives)."""
+    chw = expected_tensor(bgr, flip).astype(np.float32)
+    chw /= np.float32(255.0)
+    chw -= np.float32(0.5)
+    chw /= np.float32(0.5)
+    return chw
 
 
 def write_rec(root: Path, labels: list, header: bool = True, property_: str | None = None,
@@ -88,13 +99,14 @@ def test_fixture_dataset():
     r = MXIndexedRecordIO(FIXTURES / "train.idx", FIXTURES / "train.rec", "r")
     for i in (0, 4, 19):  # 0 and 4 have array labels
         x, y = ds[i]
-        assert x.shape == (3, 112, 112) and x.dtype == torch.float32
+        assert x.shape == (3, 112, 112) and x.dtype == torch.uint8 and x.is_contiguous()
         assert y.dtype == torch.int64 and y.shape == () and int(y) == labels[i]
         payload = unpack(r.read_idx(i + 1))[1]
         assert hashlib.sha256(payload).hexdigest() == expected[i]["payload_sha256"]
         bgr = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
-        np.testing.assert_allclose(x.numpy(), expected_tensor(bgr), atol=1e-6)
-        assert -1 <= float(x.min()) < float(x.max()) <= 1
+        np.testing.assert_array_equal(x.numpy(), expected_tensor(bgr))
+        # normalised on the device, the numbers are the old float32 ones, bit for bit
+        assert torch.equal(normalize_batch(x), torch.from_numpy(arcface_torch_tensor(bgr)))
 
 
 def test_tiny_rec_labels_pixels_and_rgb(tmp_path):
@@ -105,7 +117,7 @@ def test_tiny_rec_labels_pixels_and_rgb(tmp_path):
     for i in range(7):
         x, y = ds[i]
         assert int(y) == ds.labels[i]
-        np.testing.assert_allclose(x.numpy(), expected_tensor(images[i]), atol=1e-6)
+        np.testing.assert_array_equal(x.numpy(), expected_tensor(images[i]))
 
 
 def test_pure_red_is_channel_0(tmp_path):
@@ -113,7 +125,30 @@ def test_pure_red_is_channel_0(tmp_path):
     red[..., 2] = 255  # BGR
     write_rec(tmp_path, [0.0], images=[red])
     x, _ = MXFaceDataset(tmp_path, augment=False)[0]
-    assert torch.all(x[0] == 1.0) and torch.all(x[1:] == -1.0)
+    assert torch.all(x[0] == 255) and torch.all(x[1:] == 0)
+    y = normalize_batch(x)
+    assert torch.all(y[0] == 1.0) and torch.all(y[1:] == -1.0)
+
+
+def test_normalize_batch_is_insightfaces_float32_sequence():
+    pixels = np.arange(256, dtype=np.uint8)
+    expected = ((pixels.astype(np.float32) / np.float32(255)) - np.float32(0.5)) / np.float32(0.5)
+    for shape in ((256,), (2, 2, 64), (1, 1, 4, 8, 8)):
+        x = torch.from_numpy(pixels.reshape(shape))
+        y = normalize_batch(x)
+        assert y.dtype == torch.float32 and y.shape == x.shape
+        assert torch.equal(y, torch.from_numpy(expected.reshape(shape)))
+    assert float(normalize_batch(torch.tensor([0, 51, 255], dtype=torch.uint8))[1]) == pytest.approx(-0.6)
+    floats = torch.zeros(3)
+    assert normalize_batch(floats) is floats  # already normalised
+    with pytest.raises(TypeError, match="expected uint8 images, got torch.int32"):
+        normalize_batch(torch.zeros(3, dtype=torch.int32))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_normalize_batch_on_cuda_equals_the_cpu():
+    x = torch.arange(256, dtype=torch.uint8).reshape(4, 64)
+    assert torch.equal(normalize_batch(x.cuda()).cpu(), normalize_batch(x))
 
 
 def test_plain_file_and_property(tmp_path):
@@ -122,7 +157,7 @@ def test_plain_file_and_property(tmp_path):
     # key 0 has flag 2 but its payload is an image: not a header
     assert ds.header0 is None and ds.keys.tolist() == [0, 1, 2]
     assert ds.num_classes == 5 and ds.labels.tolist() == [2, 0, 1]
-    np.testing.assert_allclose(ds[1][0].numpy(), expected_tensor(images[1]), atol=1e-6)
+    np.testing.assert_array_equal(ds[1][0].numpy(), expected_tensor(images[1]))
 
 
 def test_num_classes_sources(tmp_path, caplog):
@@ -274,7 +309,8 @@ def test_flip_follows_seed_epoch_index_not_global_rng(tmp_path):
             np.random.seed(i)
             x = ds[i][0].numpy()
             flip = flip_decision(7, epoch, i)
-            np.testing.assert_allclose(x, expected_tensor(images[i], flip), atol=1e-6)
+            np.testing.assert_array_equal(x, expected_tensor(images[i], flip))
+            assert torch.equal(normalize_batch(ds[i][0]), torch.from_numpy(arcface_torch_tensor(images[i], flip)))
             flipped.append(flip)
         flipped_per_epoch.append(flipped)
         assert 0 < sum(flipped) < 12
@@ -306,11 +342,11 @@ def test_image_folder_dataset(tmp_path):
     for i, img in enumerate(ordered):
         x, y = ds[i]
         assert int(y) == ds.labels[i] and y.dtype == torch.int64
-        np.testing.assert_allclose(x.numpy(), expected_tensor(img), atol=1e-6)
+        np.testing.assert_array_equal(x.numpy(), expected_tensor(img))
     aug = ImageFolderDataset(tmp_path, seed=3)
     aug.set_epoch(5)
     for i, img in enumerate(ordered):
-        np.testing.assert_allclose(aug[i][0].numpy(), expected_tensor(img, flip_decision(3, 5, i)), atol=1e-6)
+        np.testing.assert_array_equal(aug[i][0].numpy(), expected_tensor(img, flip_decision(3, 5, i)))
     with pytest.raises(DatasetError, match="3 identity folders but num_classes = 2"):
         ImageFolderDataset(tmp_path, num_classes=2)
 
