@@ -646,9 +646,10 @@ class DataLoaderX(DataLoader):
 
     On CUDA the thread copies each batch host->device on a side stream (``pin_memory`` defaults
     to True) and the consumer's stream waits for it. On CPU it is a plain DataLoader unless
-    ``background=True``. Workers run OpenCV single-threaded. Batches come in the sampler's order and worker exceptions are raised in
-    the caller; data sets that draw from the global RNG in ``__getitem__`` with
-    ``num_workers=0`` lose determinism in the background thread (the face datasets do not).
+    ``background=True``. Workers run OpenCV single-threaded. Batches come in the sampler's
+    order and worker exceptions are raised in the caller; data sets that draw from the global
+    RNG in ``__getitem__`` with ``num_workers=0`` lose determinism in the background thread (the
+    face datasets do not).
     """
 
     def __init__(
