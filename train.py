@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import random
 import sys
@@ -26,16 +25,16 @@ from torch.nn.utils import clip_grad_norm_
 from torch.utils.tensorboard import SummaryWriter
 
 from backbones import get_backbone
-from losses import build_method
+from losses import METHODS, build_method
 from utils import train_state
 from utils.callbacks import CallBackLogging, CallBackModelCheckpoint, CallBackVerification
+from utils.checkpoint import apply_state, extract_backbone_state, load_state
 from utils.config import DEFAULT_CONFIG, ConfigError, config_to_json, load_config, to_plain
-from utils.dataset import DataLoaderX, get_train_dataset
+from utils.dataset import DataLoaderX, normalize_batch
 from utils.distributed import DistEnv, all_gather_objects, barrier, broadcast_object, cleanup, init_distributed
 from utils.fileio import atomic_path
 from utils.logger import init_logging
-from utils.lr_schedule import lr_factor
-from utils.sampler import ResumableDistributedSampler
+from utils.lr_schedule import build_lr_schedule
 
 log = logging.getLogger("train")
 
@@ -114,34 +113,38 @@ def train(cfg, env: DistEnv, resume: str | None) -> None:
     resume_path, checkpoint = prepare_output(cfg, resume, env)
     init_logging(env.rank, cfg.output)
     seed_everything(cfg.seed + env.rank)
+    if env.device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
 
     # --- data ---------------------------------------------------------------------------------
-    dataset = get_train_dataset(cfg.rec, num_classes=cfg.num_classes or None, seed=cfg.seed)
+    dataset, batches = METHODS[cfg.method].train_data(cfg, env)
     cfg.num_classes = cfg.num_classes or dataset.num_classes
-    sampler = ResumableDistributedSampler(dataset, env.world_size, env.rank, seed=cfg.seed)
     loader = DataLoaderX(
         env.device,
         dataset=dataset,
-        batch_size=cfg.batch_size,
-        sampler=sampler,
+        batch_sampler=batches,
         num_workers=cfg.num_workers,
         pin_memory=env.device.type == "cuda",
-        drop_last=True,
         generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched
     )
-    steps_per_epoch = len(sampler) // cfg.batch_size
+    steps_per_epoch = len(batches)
     if steps_per_epoch == 0:
         raise ConfigError(
             f"{cfg.rec}: {len(dataset)} images give no full batch of {cfg.batch_size} on each of "
             f"{env.world_size} processes; lower batch_size"
         )
     total_step = steps_per_epoch * cfg.num_epoch
+    lr_schedule = build_lr_schedule(cfg, steps_per_epoch)
 
     # --- model, optimiser ---------------------------------------------------------------------
     network_kwargs = dict(dropout=cfg.dropout, num_features=cfg.embedding_size)
     if cfg.use_se or cfg.network_width != 64:  # iresnet-only options (mobilefacenet has neither)
         network_kwargs.update(use_se=cfg.use_se, width=cfg.network_width)
     method = build_method(cfg, get_backbone(cfg.network, **network_kwargs)).to(env.device)
+    if cfg.channels_last:
+        method.to(memory_format=torch.channels_last)
+    if cfg.init_weights and not (resume_path or checkpoint):
+        load_init_weights(method, cfg.init_weights)
     model = method
     if env.distributed:
         device_ids = [env.local_rank] if env.device.type == "cuda" else None
@@ -150,8 +153,13 @@ def train(cfg, env: DistEnv, resume: str | None) -> None:
             # rank-local from the start (BatchNorm statistics, the ContraFace margin) as the reference
             warnings.filterwarnings("ignore", message=".*broadcast_buffers", category=FutureWarning)
             model = DistributedDataParallel(method, device_ids=device_ids, broadcast_buffers=False)
-    params = [p for p in method.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.compile:
+        model = torch.compile(model)  # the forward only; method keeps the uncompiled state dict
+    # one fused kernel on GPUs, multi-tensor (foreach) updates on CPUs: same maths as the loop
+    fast = {"fused": True} if env.device.type == "cuda" else {"foreach": True}
+    optimizer = torch.optim.SGD(
+        method.param_groups(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fast
+    )
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
 
     # --- state, callbacks ---------------------------------------------------------------------
@@ -159,10 +167,11 @@ def train(cfg, env: DistEnv, resume: str | None) -> None:
         checkpoint = train_state.read_checkpoint(resume_path)
     if checkpoint:
         warn_config_changes(checkpoint["config"], to_plain(cfg))
-    start_step = checkpoint["step"] if checkpoint else 0
+    start_step = checkpoint["step"] if checkpoint else cfg.start_epoch * steps_per_epoch
     writer = SummaryWriter(os.path.join(cfg.output, "tensorboard"), purge_step=start_step + 1) if env.is_main else None
+    eval_step = cfg.eval_step or steps_per_epoch
     verification = CallBackVerification(
-        env, cfg.eval_step or steps_per_epoch, total_step, cfg.val_targets, cfg.rec, cfg.eval_batch_size, writer
+        env, eval_step, total_step, cfg.val_targets, cfg.rec, cfg.eval_batch_size, writer
     )
     if checkpoint:
         train_state.load_checkpoint(
@@ -179,8 +188,10 @@ def train(cfg, env: DistEnv, resume: str | None) -> None:
         f"{env.world_size} process(es) on {env.device.type}; {len(dataset)} images, {cfg.num_classes} classes; "
         f"{steps_per_epoch} steps/epoch, {total_step} steps in all"
     )
+    guard = NonFiniteGuard(env, cfg.output)
 
     def save(step: int) -> None:
+        guard.check(step)  # a non-finite step must never reach a saved file
         ranks = all_gather_objects(env, train_state.rank_state(method, env.device))
         if env.is_main:
             train_state.save_checkpoint(
@@ -196,47 +207,77 @@ def train(cfg, env: DistEnv, resume: str | None) -> None:
                 callbacks={"verification": verification.state_dict()},
                 config=to_plain(cfg),
             )
-            with atomic_path(os.path.join(cfg.output, "backbone.pth")) as tmp:
-                torch.save(method.backbone.state_dict(), tmp)  # insightface-compatible plain state dict
+            train_state.save_backbone(os.path.join(cfg.output, "backbone.pth"), method.backbone)
             train_state.prune_checkpoints(cfg.output, cfg.keep_checkpoints)
         barrier(env)
 
+    def evaluate(step: int) -> None:
+        guard.check(step)
+        verification(step, method.backbone)
+        if env.is_main:  # the weights of every evaluation, for IJB/MegaFace on the best epoch
+            train_state.save_backbone(train_state.backbone_path(cfg.output, step), method.backbone)
+            train_state.prune_backbones(cfg.output, cfg.keep_backbones)
+
+    evaluation = CallBackModelCheckpoint(eval_step, total_step, evaluate)
     checkpointing = CallBackModelCheckpoint(cfg.save_step or steps_per_epoch, total_step, save)
     logging_cb = CallBackLogging(cfg.frequent, total_step, start_step, cfg.batch_size * env.world_size, writer)
 
     # --- training -----------------------------------------------------------------------------
     step = start_step
     for epoch in range(start_step // steps_per_epoch, cfg.num_epoch):
-        done_in_epoch = step - epoch * steps_per_epoch  # > 0 only when resuming mid-epoch
-        sampler.set_epoch(epoch, start=done_in_epoch * cfg.batch_size)
+        batches.set_epoch(epoch, start=step - epoch * steps_per_epoch)  # > 0 only when resuming mid-epoch
         dataset.set_epoch(epoch)
         method.set_epoch(epoch)
         for images, labels in loader:
-            images = images.to(env.device, non_blocking=True)
+            images = normalize_batch(images.to(env.device, non_blocking=True))
+            if cfg.channels_last and images.dim() == 4:
+                images = images.contiguous(memory_format=torch.channels_last)
             labels = labels.to(env.device, non_blocking=True)
-            lr = cfg.lr * lr_factor(step, steps_per_epoch, cfg.shrink_epoch, cfg.warmup_epoch)
+            lr = cfg.lr * lr_schedule(step)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
 
             with torch.autocast(env.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 out = model(images, labels)
             loss = out["loss"]
-            loss_value = check_finite(loss, env, step, epoch, out["logs"], cfg.output)
+            guard.update(loss, step)
 
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            clip_grad_norm_(method.backbone.parameters(), max_norm=cfg.grad_clip)
+            if cfg.grad_clip:
+                scaler.unscale_(optimizer)
+                clip_grad_norm_(method.backbone.parameters(), max_norm=cfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             step += 1
 
-            logging_cb(step, epoch, loss_value, {**out["logs"], **method.extra_state()}, lr)
-            verification(step, method.backbone)
+            if step % cfg.frequent == 0:
+                guard.check(step)
+            logging_cb(step, epoch, {"Loss": loss.detach(), **out["logs"]}, method.extra_state(), lr)
+            evaluation(step)
             checkpointing(step)
     if writer is not None:
         writer.close()
     log.info(f"finished at step {step}; backbone: {os.path.join(cfg.output, 'backbone.pth')}")
+
+
+def load_init_weights(method: torch.nn.Module, path: str) -> None:
+    """Start from another run's weights (``init_weights``): the backbone, and the centers if they fit."""
+    obj = load_state(path)
+    state, meta = extract_backbone_state(obj, path)
+    apply_state(method.backbone, state, meta)
+    if isinstance(obj, dict) and isinstance(obj.get("head"), dict):
+        centers = obj["head"].get("head.kernel")  # this project's checkpoints
+    else:
+        centers = meta.get("header", {}).get("kernel")  # the original {step}model.pth
+    kernel = getattr(getattr(method, "head", None), "kernel", None)
+    if centers is not None and isinstance(kernel, torch.Tensor) and centers.shape == kernel.shape:
+        with torch.no_grad():
+            kernel.copy_(centers)
+        log.info(f"init_weights: backbone and class centers from {path}")
+        return
+    why = "the file has none" if centers is None else f"{tuple(centers.shape)} does not fit this head"
+    log.info(f"init_weights: backbone from {path}; class centers start fresh ({why})")
 
 
 def warn_config_changes(old: dict, new: dict) -> None:
@@ -245,22 +286,40 @@ def warn_config_changes(old: dict, new: dict) -> None:
         log.warning(f"resume: {key} changed from {old[key]!r} to {new[key]!r}")
 
 
-def check_finite(loss: torch.Tensor, env: DistEnv, step: int, epoch: int, parts: dict, output: str) -> float:
-    """The loss as a float; stop every rank (saving nothing) when any rank's loss is NaN or inf."""
-    value = loss.item()
-    finite = torch.tensor([math.isfinite(value)], dtype=torch.int32, device=env.device)
-    if env.distributed:
-        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-    if finite.item():
-        return value
-    found = train_state.list_checkpoints(output)
-    last = found[-1][1] if found else "none yet"
-    detail = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
-    raise FloatingPointError(
-        f"non-finite loss at step {step + 1} (epoch {epoch}) on some rank (here: {value}; {detail}); "
-        f"stopped without saving. Last good checkpoint: {last} (continue with --resume auto, e.g. "
-        "with a lower lr or --set amp=none)"
-    )
+class NonFiniteGuard:
+    """Remembers on the device the first step whose loss was NaN or inf; ``check`` reads it.
+
+    ``update`` runs every step without waiting for the host; ``check`` (every ``frequent``
+    steps, and before every evaluation and checkpoint) agrees across ranks and stops all of
+    them with the same message, so a non-finite step never reaches a saved file.
+    """
+
+    _NONE = torch.iinfo(torch.int64).max
+
+    def __init__(self, env: DistEnv, output: str):
+        self.env, self.output = env, output
+        self.first_bad = torch.full((), self._NONE, dtype=torch.int64, device=env.device)
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        """Record ``step`` (0-based) if its loss is not finite and none was before."""
+        bad = ~torch.isfinite(loss.detach()) & (self.first_bad == self._NONE)
+        self.first_bad.masked_fill_(bad, step)
+
+    def check(self, step: int) -> None:
+        """Raise FloatingPointError on every rank when any rank saw a non-finite loss."""
+        first_bad = self.first_bad.clone()
+        if self.env.distributed:
+            torch.distributed.all_reduce(first_bad, op=torch.distributed.ReduceOp.MIN)
+        bad = int(first_bad)
+        if bad == self._NONE:
+            return
+        found = train_state.list_checkpoints(self.output)
+        last = found[-1][1] if found else "none yet"
+        raise FloatingPointError(
+            f"non-finite loss at step {bad + 1} (noticed at step {step}); stopped without saving. "
+            f"Last good checkpoint: {last} (continue with --resume auto, e.g. with a lower lr or "
+            "--set amp=none)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,8 @@ config.weightC = 0.05  # Contra(x1, x2)
 config.weightC2 = 0.0  # Contra(x2, x1); 0 = the paper's one-direction "pair coupling protocol"
 config.contra_s = 64.0  # scale of the contrastive logits
 config.contra_ema = 0.99  # margin update m <- contra_ema * m_batch + (1 - contra_ema) * m_prev
+config.switch_epoch = None  # 0-based epoch stage 2 starts; None = shrink_epoch[0] - 1 (the first LR decay)
+config.single = False  # ablation (the original's `single = True`): stage 2 switches dropout, keeps one branch
 
 # --- network -------------------------------------------------------------------------------
 config.embedding_size = 512
@@ -38,14 +40,24 @@ config.weight_decay = 5e-4
 config.warmup_epoch = 0  # linear warm-up over this many epochs (0: none, as the paper)
 config.grad_clip = 5.0  # clip_grad_norm_ of the backbone parameters
 config.amp = "none"  # none (fp32, as the paper) | bf16 | fp16 (with a grad scaler); GPU only
+config.channels_last = False  # NHWC activations (faster convolutions with bf16/fp16 on GPUs)
+config.compile = False  # torch.compile the training forward
+config.cudnn_benchmark = True  # let cuDNN pick the fastest convolution algorithms (GPU)
 config.seed = 8
+# Start from weights: a checkpoint utils.checkpoint.load_weights reads (this project's, the
+# original {step}model.pth, insightface's backbone.pth); the class centers too where the file has
+# them and they fit; fresh optimizer. start_epoch: the LR schedule, stage switch and step counter
+# begin at this epoch (the paper's run: stage 2 from stage 1's epoch-8 weights at start_epoch 8).
+config.init_weights = ""
+config.start_epoch = 0
 
 # --- data, evaluation, output --------------------------------------------------------------
 config.val_targets = ["lfw", "cfp_fp", "agedb_30", "calfw", "cplfw"]  # .bin files in `rec`
 config.eval_step = 0  # evaluate every N steps; 0 = once per epoch
 config.eval_batch_size = 128
 config.save_step = 0  # checkpoint every N steps; 0 = once per epoch
-config.keep_checkpoints = 2  # training checkpoints kept in the output folder
+config.keep_checkpoints = 2  # training checkpoints kept in the output folder (0 = all)
+config.keep_backbones = 0  # backbone-<step>.pth written at each evaluation (0 = keep all)
 config.frequent = 50  # log every N steps
 config.output = ""  # "" = work_dirs/<dataset>_<network>_<method>
 

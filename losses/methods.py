@@ -3,10 +3,14 @@
 A method is an ``nn.Module`` that owns the backbone and its loss modules, so one
 DistributedDataParallel wrapper covers everything that has parameters. The trainer only calls
 
+    dataset, batches = Method.train_data(cfg, env)   # what a step sees (class method)
+    method.param_groups()                   # the optimizer's parameter groups
     method.set_epoch(epoch)                 # stage switches (dropout, branches)
-    out = method(images, labels)            # {"loss": tensor, "logs": {name: tensor}}
+    out = method(images, labels)            # {"loss": tensor, "logs": {name: detached tensor}}
+    method.extra_state()                    # {name: device scalar} worth logging (the margin)
 
-and ``method.backbone`` for evaluation and export.
+and ``method.backbone`` for evaluation and export. Logged values stay on the device; the
+trainer reads them only every ``frequent`` steps, so a step never waits for the host.
 """
 
 from __future__ import annotations
@@ -17,12 +21,39 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
 from losses.contraface import ContraFace
 from losses.heads import MarginHead, get_head
+from utils.dataset import get_train_dataset
+from utils.sampler import ResumableBatchSampler, ResumableDistributedSampler
 
 
-class SingleBranch(nn.Module):
+class TrainingMethod(nn.Module):
+    """Base of the training methods: the hooks the trainer calls besides ``forward``."""
+
+    backbone: nn.Module
+
+    @classmethod
+    def train_data(cls, cfg: Any, env: Any) -> tuple[Dataset, ResumableBatchSampler]:
+        """The training set and this rank's resumable batches (``set_epoch(epoch, start=k)``)."""
+        dataset = get_train_dataset(cfg.rec, num_classes=cfg.num_classes or None, seed=cfg.seed)
+        sampler = ResumableDistributedSampler(dataset, env.world_size, env.rank, seed=cfg.seed)
+        return dataset, ResumableBatchSampler(sampler, cfg.batch_size)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups: every trainable parameter, one group."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called before every epoch (stage switches)."""
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """Device scalars worth logging beside the losses."""
+        return {}
+
+
+class SingleBranch(TrainingMethod):
     """Margin softmax on one dropout view: loss = CE(head(backbone(x)), y) (the ArcFace baseline)."""
 
     def __init__(self, backbone: nn.Module, head: MarginHead, dropout: float = 0.4):
@@ -32,16 +63,9 @@ class SingleBranch(nn.Module):
         self.dropout = dropout
         self.backbone.dropout_p = dropout
 
-    def set_epoch(self, epoch: int) -> None:
-        """Called before every epoch; the single-branch method has no stages."""
-
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
         loss = F.cross_entropy(self.head(self.backbone(images), labels), labels)
         return {"loss": loss, "logs": {"L1": loss.detach()}}
-
-    def extra_state(self) -> dict[str, float]:
-        """Scalars worth logging beside the losses."""
-        return {}
 
 
 class ContraFaceTraining(SingleBranch):
@@ -50,6 +74,8 @@ class ContraFaceTraining(SingleBranch):
     Stage 1 (epochs before ``switch_epoch``): single branch, dropout ``dropout``.
     Stage 2: one trunk pass, two independent dropout views (p = ``dropout2``) through the shared
     FC + BN, loss = w1 CE(x1) + w2 CE(x2) + wC Contra(x1, x2) [+ wC2 Contra(x2, x1)].
+    ``single=True`` is the original's ablation: stage 2 only switches the dropout to
+    ``dropout2`` and keeps one branch (no second view, no contrastive loss).
     """
 
     def __init__(
@@ -61,9 +87,11 @@ class ContraFaceTraining(SingleBranch):
         dropout2: float = 0.6,
         weights: tuple[float, float, float, float] = (0.5, 0.5, 0.05, 0.0),
         contra: ContraFace | None = None,
+        single: bool = False,
     ):
         super().__init__(backbone, head, dropout)
         self.switch_epoch = switch_epoch
+        self.single = single
         self.dropout2 = dropout2
         self.weights = weights
         self.contra = contra if contra is not None else ContraFace()
@@ -75,7 +103,7 @@ class ContraFaceTraining(SingleBranch):
         self.backbone.dropout_p = self.dropout2 if self.double else self.dropout
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
-        if not self.double:
+        if not self.double or self.single:
             return super().forward(images, labels)
         w1, w2, wc, wc2 = self.weights
         x1, x2 = self.backbone.double_forward(images)
@@ -91,14 +119,19 @@ class ContraFaceTraining(SingleBranch):
             logs["LC2"] = loss_c2.detach()
         return {"loss": loss, "logs": logs}
 
-    def extra_state(self) -> dict[str, float]:
-        return {"margin": self.contra.m}
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        return {"margin": self.contra.margin}
 
 
-METHODS = ("contraface", "single")
+METHODS: dict[str, type[TrainingMethod]] = {"contraface": ContraFaceTraining, "single": SingleBranch}
 
 
-def build_method(cfg: Any, backbone: nn.Module) -> SingleBranch:
+def switch_epoch(cfg: Any) -> int:
+    """The 0-based epoch ContraFace's stage 2 starts: ``cfg.switch_epoch``, else the first LR decay."""
+    return cfg.shrink_epoch[0] - 1 if cfg.switch_epoch is None else int(cfg.switch_epoch)
+
+
+def build_method(cfg: Any, backbone: nn.Module) -> TrainingMethod:
     """The training method named by ``cfg.method``, with its head, from a config."""
     head = get_head(cfg.head, cfg.embedding_size, cfg.num_classes, s=cfg.s, m=cfg.m)
     if cfg.method == "single":
@@ -107,11 +140,12 @@ def build_method(cfg: Any, backbone: nn.Module) -> SingleBranch:
         return ContraFaceTraining(
             backbone,
             head,
-            switch_epoch=cfg.shrink_epoch[0] - 1,
+            switch_epoch=switch_epoch(cfg),
             dropout=cfg.dropout,
             dropout2=cfg.dropout2,
             weights=(cfg.weight1, cfg.weight2, cfg.weightC, cfg.weightC2),
             contra=ContraFace(s=cfg.contra_s, ema=cfg.contra_ema),
+            single=cfg.single,
         )
     close = difflib.get_close_matches(str(cfg.method), METHODS, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""

@@ -21,7 +21,7 @@ from losses import build_method
 CFG = edict(
     method="contraface", head="arcface", embedding_size=16, num_classes=5, s=64.0, m=0.5,
     shrink_epoch=[1], dropout=0.4, dropout2=0.6, weight1=0.5, weight2=0.5, weightC=0.05, weightC2=0.0,
-    contra_s=64.0, contra_ema=0.99,
+    contra_s=64.0, contra_ema=0.99, switch_epoch=None, single=False,
 )
 
 

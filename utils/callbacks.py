@@ -7,6 +7,7 @@ import os
 import time
 from typing import Callable
 
+import torch
 from torch import nn
 
 from eval import verification
@@ -22,7 +23,12 @@ def _due(step: int, frequent: int, total_step: int) -> bool:
 
 
 class CallBackLogging:
-    """Every ``frequent`` steps: step, epoch, img/s, losses, margin, LR and ETA (rank 0)."""
+    """Every ``frequent`` steps: step, epoch, img/s, losses, margin, LR and ETA (rank 0).
+
+    Values arrive as device tensors: the losses are summed on the device and logged as means
+    over the window, the states (the ContraFace margin) as their latest value. They are read
+    from the device (one host synchronisation) only when a line is written.
+    """
 
     def __init__(self, frequent: int, total_step: int, start_step: int, global_batch: int, writer=None):
         self.frequent = frequent
@@ -32,28 +38,33 @@ class CallBackLogging:
         self.writer = writer
         self.time_start = time.time()
         self.tic = time.time()
-        self.loss = AverageMeter()
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
 
-    def __call__(self, step: int, epoch: int, loss: float, parts: dict[str, float], lr: float) -> None:
-        self.loss.update(loss)
+    def __call__(
+        self, step: int, epoch: int, losses: dict[str, torch.Tensor], states: dict[str, torch.Tensor], lr: float
+    ) -> None:
+        """``losses`` must hold "Loss" (the total) and may hold its parts."""
+        for name, value in losses.items():
+            value = value.detach().float()
+            self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
+        self.count += 1
         if step % self.frequent != 0:
             return
+        names = [*self.sums, *states]
+        tensors = [*(v / self.count for v in self.sums.values()), *(v.detach().float() for v in states.values())]
+        values = dict(zip(names, torch.stack(tensors).tolist()))  # the one host synchronisation
         now = time.time()
         speed = self.frequent * self.global_batch / max(now - self.tic, 1e-9)
         done = max(step - self.start_step, 1)
         eta_hours = (now - self.time_start) / done * (self.total_step - step) / 3600
-        items = "".join(f" -{name} {value:.4f}" for name, value in parts.items())
-        log.info(
-            f"[{step}][E{epoch:2d}][{speed:4.0f}/s] -Loss {self.loss.avg:.4f}{items}"
-            f" -LR {lr:.6f} -ETA: {eta_hours:.2f} H"
-        )
+        total = values.pop("Loss")
+        items = "".join(f" -{name} {value:.4f}" for name, value in values.items())
+        log.info(f"[{step}][E{epoch:2d}][{speed:4.0f}/s] -Loss {total:.4f}{items} -LR {lr:.6f} -ETA: {eta_hours:.2f} H")
         if self.writer is not None:
-            self.writer.add_scalar("train/loss", self.loss.avg, step)
-            self.writer.add_scalar("train/speed", speed, step)
-            self.writer.add_scalar("train/lr", lr, step)
-            for name, value in parts.items():
+            for name, value in {"loss": total, "speed": speed, "lr": lr, **values}.items():
                 self.writer.add_scalar(f"train/{name}", value, step)
-        self.loss.reset()
+        self.sums, self.count = {}, 0
         self.tic = now
 
 
@@ -116,8 +127,14 @@ class CallBackVerification:
             if self.writer is not None:
                 self.writer.add_scalar(f"verification/{name}", acc, step)
         if results:
+            # the paper's number is the mean of each target's best over evaluations
             mean = sum(r[0] for r in results.values()) / len(results)
+            mean_highest = sum(self.highest[name] for name in results) / len(results)
             log.info(f"[{step}][mean]Accuracy-Flip: {mean:1.5f}")
+            log.info(f"[{step}][mean]Accuracy-Highest: {mean_highest:1.5f}")
+            if self.writer is not None:
+                self.writer.add_scalar("verification/mean", mean, step)
+                self.writer.add_scalar("verification/mean_highest", mean_highest, step)
 
     def state_dict(self) -> dict[str, float]:
         return dict(self.highest)

@@ -110,6 +110,15 @@ def validate(cfg: edict) -> edict:
             raise ConfigError(f"{key} must be in [0, 1), got {cfg[key]!r}")
     if not 0.0 <= cfg.contra_ema <= 1.0:
         raise ConfigError(f"contra_ema must be in [0, 1], got {cfg.contra_ema!r}")
+    for key in ("start_epoch", "keep_checkpoints", "keep_backbones"):
+        if int(cfg[key]) < 0:
+            raise ConfigError(f"{key} must be >= 0, got {cfg[key]!r}")
+    if cfg.start_epoch >= cfg.num_epoch:
+        raise ConfigError(f"start_epoch {cfg.start_epoch} leaves nothing to train (num_epoch {cfg.num_epoch})")
+    if cfg.switch_epoch is not None and (not isinstance(cfg.switch_epoch, int) or cfg.switch_epoch < 0):
+        raise ConfigError(f"switch_epoch must be a 0-based epoch index or None, got {cfg.switch_epoch!r}")
+    if cfg.init_weights and not os.path.isfile(cfg.init_weights):
+        raise ConfigError(f"init_weights {cfg.init_weights!r}: file not found")
     return cfg
 
 

@@ -1,6 +1,10 @@
-"""The learning-rate schedule: step decay at the shrink epochs, optional linear warm-up."""
+"""Learning-rate schedules: the factor of ``cfg.lr`` at each (0-based) training step."""
 
 from __future__ import annotations
+
+from typing import Any, Callable
+
+Schedule = Callable[[int], float]
 
 
 def lr_factor(step: int, steps_per_epoch: int, shrink_epoch: list[int], warmup_epoch: float = 0) -> float:
@@ -16,3 +20,19 @@ def lr_factor(step: int, steps_per_epoch: int, shrink_epoch: list[int], warmup_e
     if step < warmup_steps:
         factor *= (step + 1) / warmup_steps
     return factor
+
+
+def _step_schedule(cfg: Any, steps_per_epoch: int) -> Schedule:
+    return lambda step: lr_factor(step, steps_per_epoch, cfg.shrink_epoch, cfg.warmup_epoch)
+
+
+# name -> builder(cfg, steps_per_epoch) -> schedule; methods pick theirs with cfg.scheduler
+SCHEDULES: dict[str, Callable[[Any, int], Schedule]] = {"step": _step_schedule}
+
+
+def build_lr_schedule(cfg: Any, steps_per_epoch: int) -> Schedule:
+    """The LR factor as a function of the step, for ``cfg.scheduler`` (default "step")."""
+    name = cfg.get("scheduler", "step")
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown scheduler {name!r} (known: {', '.join(SCHEDULES)})")
+    return SCHEDULES[name](cfg, steps_per_epoch)

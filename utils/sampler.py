@@ -33,3 +33,28 @@ class ResumableDistributedSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.num_samples - self.start
+
+
+class ResumableBatchSampler:
+    """Consecutive batches of a :class:`ResumableDistributedSampler`, resumable by batch.
+
+    ``set_epoch(epoch, start=k)`` skips this rank's first ``k`` batches of the epoch; incomplete
+    last batches are dropped (every rank runs the same number of steps).
+    """
+
+    def __init__(self, sampler: ResumableDistributedSampler, batch_size: int):
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.batches_per_epoch = sampler.num_samples // batch_size
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch and the number of its batches already done."""
+        self.sampler.set_epoch(epoch, start=start * self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        indices = list(self.sampler)
+        for i in range(len(self)):
+            yield indices[i * self.batch_size : (i + 1) * self.batch_size]
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size

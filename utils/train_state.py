@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 FORMAT, VERSION = "contraface", 1
 _CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)\.pt$")
+_BACKBONE_RE = re.compile(r"backbone-(\d+)\.pth$")
 
 
 def checkpoint_path(output_dir: str, step: int) -> str:
@@ -40,14 +41,18 @@ def checkpoint_path(output_dir: str, step: int) -> str:
     return os.path.join(output_dir, f"checkpoint-{step}.pt")
 
 
-def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
-    """(step, path) of the training checkpoints in ``output_dir``, oldest first."""
+def _numbered(output_dir: str, pattern: str, regex: re.Pattern) -> list[tuple[int, str]]:
     found = []
-    for path in glob.glob(os.path.join(output_dir, "checkpoint-*.pt")):
-        match = _CHECKPOINT_RE.search(os.path.basename(path))
+    for path in glob.glob(os.path.join(output_dir, pattern)):
+        match = regex.search(os.path.basename(path))
         if match:
             found.append((int(match.group(1)), path))
     return sorted(found)
+
+
+def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
+    """(step, path) of the training checkpoints in ``output_dir``, oldest first."""
+    return _numbered(output_dir, "checkpoint-*.pt", _CHECKPOINT_RE)
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
@@ -180,7 +185,33 @@ def find_resume_checkpoint(output_dir: str) -> tuple[str, dict[str, Any]] | None
     return None
 
 
+def _prune(found: list[tuple[int, str]], keep: int) -> None:
+    if keep > 0:
+        for _, path in found[:-keep]:
+            os.remove(path)
+
+
 def prune_checkpoints(output_dir: str, keep: int) -> None:
-    """Delete all but the ``keep`` (at least 1) newest training checkpoints."""
-    for _, path in list_checkpoints(output_dir)[: -max(keep, 1)]:
-        os.remove(path)
+    """Delete all but the ``keep`` newest training checkpoints (0: keep all)."""
+    _prune(list_checkpoints(output_dir), keep)
+
+
+def backbone_path(output_dir: str, step: int) -> str:
+    """Where the backbone snapshot of evaluation step ``step`` lives."""
+    return os.path.join(output_dir, f"backbone-{step}.pth")
+
+
+def list_backbones(output_dir: str) -> list[tuple[int, str]]:
+    """(step, path) of the ``backbone-<step>.pth`` snapshots in ``output_dir``, oldest first."""
+    return _numbered(output_dir, "backbone-*.pth", _BACKBONE_RE)
+
+
+def prune_backbones(output_dir: str, keep: int) -> None:
+    """Delete all but the ``keep`` newest backbone snapshots (0: keep all)."""
+    _prune(list_backbones(output_dir), keep)
+
+
+def save_backbone(path: str, backbone: nn.Module) -> None:
+    """The backbone as a plain insightface-style state dict (what every evaluator loads), atomically."""
+    with atomic_path(path) as tmp:
+        torch.save(backbone.state_dict(), tmp)
