@@ -15,7 +15,7 @@ fi
 echo "setting up .venv from requirements.txt (once; a few minutes)" >&2
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 if [ -n "${TORCH_INDEX_URL:-}" ]; then
-  .venv/bin/python -m pip install --quiet torch --index-url "$TORCH_INDEX_URL"
+  .venv/bin/python -m pip install --quiet torch torchvision --index-url "$TORCH_INDEX_URL"
 fi
 .venv/bin/python -m pip install --quiet -r requirements.txt
 echo "$want" > "$STAMP"
