@@ -479,16 +479,6 @@ class ImageFolderDataset(_FaceDataset):
         return self._to_tensor(img, index, path), torch.tensor(label, dtype=torch.long)
 
 
-def normalize_batch(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images (any leading shape) -> float32 in [-1, 1], on their device: (x/255 - 0.5)/0.5.
-
-    Transitional: float input (already normalised by the dataset) passes through unchanged.
-    """
-    if images.dtype != torch.uint8:
-        return images
-    return images.float().div_(255).sub_(0.5).div_(0.5)
-
-
 def get_train_dataset(root_dir: str | os.PathLike, **kw) -> Dataset:
     """``MXFaceDataset`` if ``root_dir/train.rec`` exists, else an ``ImageFolderDataset``."""
     root = os.fspath(root_dir)
