@@ -3,6 +3,8 @@
 from losses.contraface import ContraFace
 from losses.heads import HEADS, ArcFace, CosFace, MarginHead, get_head
 from losses.methods import METHODS, ContraFaceTraining, SingleBranch, build_method
+from losses.unimoco import UniMoCo, UnifiedContrastive
+from losses.partial_fc import PartialFC
 
 __all__ = [
     "HEADS",
@@ -12,7 +14,10 @@ __all__ = [
     "ContraFaceTraining",
     "CosFace",
     "MarginHead",
+    "PartialFC",
     "SingleBranch",
+    "UniMoCo",
+    "UnifiedContrastive",
     "build_method",
     "get_head",
 ]

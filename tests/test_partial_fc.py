@@ -1,0 +1,232 @@
+"""Partial FC: 2 gloo processes equal the single-process full head; sampling; class split; errors.
+
+One spawn of 2 CPU processes runs every check that needs a process group (every head of the
+registry at sample_rate 1.0, a sampled step, the world-size error) and saves what each rank
+saw; the tests compare it with the single-process head on the whole batch.
+"""
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from losses import HEADS, PartialFC, get_head
+from losses.partial_fc import class_split, sharded_parameter_names
+
+D, C, N_LOCAL, WORLD = 8, 5, 4, 2  # 5 classes on 2 ranks: [0, 3) and [3, 5)
+SEED = 1234
+SAMPLED_C, SAMPLE_RATE = 20, 0.5  # 10 classes a rank, 5 sampled
+
+
+def full_kernel(num_classes=C):
+    # unit-scale centers (the heads' std 0.01 init makes kernel gradients ~1e2, blurring a 1e-5 check)
+    return torch.randn(D, num_classes, generator=torch.Generator().manual_seed(3))
+
+
+def global_batch():
+    generator = torch.Generator().manual_seed(4)
+    embeddings = torch.randn(WORLD * N_LOCAL, D, generator=generator) * 5
+    # rank 0's rows are of classes on both ranks, rank 1's too
+    labels = torch.tensor([0, 4, 2, 3, 3, 1, 4, 0])
+    return embeddings, labels
+
+
+def sampled_batch():
+    embeddings = torch.randn(WORLD * N_LOCAL, D, generator=torch.Generator().manual_seed(5)) * 5
+    # rank 0's block [0, 10) has positives {1, 7}; rank 1's block [10, 20) has 6 > 5 positives
+    labels = torch.tensor([1, 11, 12, 7, 13, 14, 15, 16])
+    return embeddings, labels
+
+
+def worker(rank, init_file, result_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    rows = slice(rank * N_LOCAL, (rank + 1) * N_LOCAL)
+    results = {"heads": {}}
+    embeddings, labels = global_batch()
+    for name in HEADS:
+        pfc = PartialFC(name, D, C)
+        start, stop = pfc.class_range
+        with torch.no_grad():
+            pfc.kernel.copy_(full_kernel()[:, start:stop])
+        local = embeddings[rows].clone().requires_grad_()
+        torch.manual_seed(SEED)  # ElasticFace draws its margins from the global RNG
+        loss = pfc(local, labels[rows])
+        loss.backward()
+        results["heads"][name] = {
+            "range": [start, stop],
+            "loss": loss.detach(),
+            "embedding_grad": local.grad,
+            "kernel_grad": pfc.kernel.grad,
+            "buffers": {k: v.clone() for k, v in pfc.head.named_buffers()},
+        }
+
+    pfc = PartialFC("arcface", D, SAMPLED_C, sample_rate=SAMPLE_RATE)
+    start, stop = pfc.class_range
+    with torch.no_grad():
+        pfc.kernel.copy_(full_kernel(SAMPLED_C)[:, start:stop])
+    embeddings, labels = sampled_batch()
+    local = embeddings[rows].clone().requires_grad_()
+    torch.manual_seed(SEED + rank)
+    owned = labels[(labels >= start) & (labels < stop)] - start
+    index, _ = pfc.sample(torch.where((labels >= start) & (labels < stop), labels - start, -1))
+    torch.manual_seed(SEED + rank)  # the forward draws the same sample again
+    loss = pfc(local, labels[rows])
+    loss.backward()
+    results["sampled"] = {
+        "range": [start, stop],
+        "index": index + start,
+        "positives": torch.unique(owned) + start,
+        "loss": loss.detach(),
+        "embedding_grad": local.grad,
+        "kernel_grad": pfc.kernel.grad,
+    }
+
+    try:
+        PartialFC("arcface", D, 1)
+    except ValueError as exc:
+        results["too_few_classes"] = str(exc)
+    torch.save(results, f"{result_file}.{rank}")
+    dist.barrier()  # leave together: gloo can abort a rank whose peer tears the group down first
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pfc")
+    mp.spawn(worker, args=(str(tmp / "init"), str(tmp / "result")), nprocs=WORLD, join=True)
+    return [torch.load(tmp / f"result.{rank}", weights_only=True) for rank in range(WORLD)]
+
+
+def reference(name):
+    """The single-process full head on the whole global batch: loss, gradients, buffers."""
+    head = get_head(name, D, C)
+    with torch.no_grad():
+        head.kernel.copy_(full_kernel())
+    embeddings, labels = global_batch()
+    embeddings.requires_grad_()
+    torch.manual_seed(SEED)
+    loss = head.loss(embeddings, labels)
+    loss.backward()
+    return loss.detach(), embeddings.grad, head.kernel.grad, dict(head.named_buffers())
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_two_ranks_equal_the_full_head(ranks, name):
+    loss, embedding_grad, kernel_grad, buffers = reference(name)
+    for rank, result in enumerate(ranks):
+        got = result["heads"][name]
+        start, stop = got["range"]
+        torch.testing.assert_close(got["loss"], loss, rtol=1e-5, atol=1e-5)
+        # the gradient convention: W x d loss / d local embeddings (DDP divides by W again)
+        rows = slice(rank * N_LOCAL, (rank + 1) * N_LOCAL)
+        torch.testing.assert_close(got["embedding_grad"] / WORLD, embedding_grad[rows], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got["kernel_grad"], kernel_grad[:, start:stop], rtol=1e-5, atol=1e-5)
+        assert got["buffers"].keys() == buffers.keys()
+        for key, value in buffers.items():
+            torch.testing.assert_close(got["buffers"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_class_ranges_of_two_ranks(ranks):
+    assert [r["heads"]["arcface"]["range"] for r in ranks] == [[0, 3], [3, 5]]
+    assert [r["sampled"]["range"] for r in ranks] == [[0, 10], [10, 20]]
+
+
+def test_sampled_step_keeps_positives_and_matches_the_head_on_the_sample(ranks):
+    rank0, rank1 = ranks[0]["sampled"], ranks[1]["sampled"]
+    assert rank0["positives"].tolist() == [1, 7]
+    assert len(rank0["index"]) == int(SAMPLE_RATE * 10) == 5  # positives plus 3 random others
+    assert set(rank0["positives"].tolist()) <= set(rank0["index"].tolist())
+    assert rank1["index"].tolist() == [11, 12, 13, 14, 15, 16]  # more positives than 5: only they
+    for result in (rank0, rank1):
+        start, stop = result["range"]
+        sampled = torch.zeros(stop - start, dtype=torch.bool)
+        sampled[result["index"] - start] = True
+        assert torch.all(result["kernel_grad"][:, ~sampled] == 0)
+        assert torch.all(result["kernel_grad"][:, sampled].abs().sum(0) > 0)
+
+    # the same loss as the full head restricted to the union of both samples
+    columns = torch.cat([rank0["index"], rank1["index"]])
+    head = get_head("arcface", D, len(columns))
+    with torch.no_grad():
+        head.kernel.copy_(full_kernel(SAMPLED_C)[:, columns])
+    embeddings, labels = sampled_batch()
+    embeddings.requires_grad_()
+    remapped = torch.searchsorted(columns, labels)
+    loss = head.loss(embeddings, remapped)
+    loss.backward()
+    assert rank0["loss"].item() == pytest.approx(loss.item(), rel=1e-6)
+    assert rank1["loss"].item() == pytest.approx(loss.item(), rel=1e-6)
+    torch.testing.assert_close(rank0["embedding_grad"] / WORLD, embeddings.grad[:N_LOCAL], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rank1["embedding_grad"] / WORLD, embeddings.grad[N_LOCAL:], rtol=1e-5, atol=1e-5)
+
+
+def test_world_size_larger_than_num_classes_is_an_error(ranks):
+    for result in ranks:
+        assert "world size 2 is larger than num_classes 1" in result["too_few_classes"]
+
+
+def test_class_split_as_insightface():
+    # 10 classes on 3 ranks: 4, 3, 3 contiguous
+    assert [class_split(10, 3, r) for r in range(3)] == [(0, 4), (4, 3), (7, 3)]
+    assert [class_split(2059906, 8, r)[1] for r in range(8)] == [257489] * 2 + [257488] * 6
+    assert class_split(2059906, 8, 7) == (2059906 - 257488, 257488)
+
+
+def test_one_process_without_a_group_is_the_full_head():
+    pfc = PartialFC("cosface", D, C)
+    assert (pfc.rank, pfc.world_size, pfc.class_range, pfc.num_local) == (0, 1, (0, C), C)
+    head = get_head("cosface", D, C)
+    head.load_state_dict(pfc.head.state_dict())
+    embeddings, labels = global_batch()
+    assert pfc.loss(embeddings, labels).item() == pytest.approx(head.loss(embeddings, labels).item(), rel=1e-6)
+
+
+def test_sample_keeps_positives_and_counts():
+    pfc = PartialFC("arcface", D, 100, sample_rate=0.1)  # one process: num_local 100, 10 sampled
+    assert pfc.num_sample == 10
+    local = torch.tensor([5, 99, 5, 42, -1])
+    torch.manual_seed(0)
+    index, remapped = pfc.sample(local)
+    assert len(index) == 10 and {5, 42, 99} <= set(index.tolist())
+    assert torch.equal(index, index.sort().values)
+    assert torch.equal(index[remapped[:4]], local[:4]) and remapped[4] == -1
+    torch.manual_seed(0)
+    assert torch.equal(pfc.sample(local)[0], index)  # the global RNG decides: reproducible
+    many = torch.arange(0, 100, 8)  # 13 positives > 10
+    index, remapped = pfc.sample(many)
+    assert torch.equal(index, many) and torch.equal(remapped, torch.arange(13))
+
+
+def test_unsampled_centers_get_exactly_zero_gradient():
+    pfc = PartialFC("arcface", D, 100, sample_rate=0.1)
+    embeddings, labels = torch.randn(6, D), torch.tensor([3, 3, 50, 51, 97, 0])
+    torch.manual_seed(1)
+    index, _ = pfc.sample(labels)
+    torch.manual_seed(1)
+    pfc(embeddings, labels).backward()
+    nonzero = torch.nonzero(pfc.kernel.grad.abs().sum(0)).squeeze(1)
+    assert torch.equal(nonzero, index)
+
+
+def test_sharded_parameter_names():
+    method = torch.nn.Module()
+    method.head = PartialFC("arcface", D, C)
+    assert sharded_parameter_names(method) == ["head.head.kernel"]
+
+
+@pytest.mark.parametrize("rate", [0.0, -0.1, 1.5])
+def test_sample_rate_outside_unit_interval_is_an_error(rate):
+    with pytest.raises(ValueError, match=f"sample_rate must be in \\(0, 1\\], got {rate}"):
+        PartialFC("arcface", D, C, sample_rate=rate)
+
+
+def test_label_past_num_classes_is_an_error():
+    pfc = PartialFC("arcface", D, C)
+    with pytest.raises(ValueError, match=r"label 5 is outside \[0, 5\) \(num_classes\)"):
+        pfc(torch.randn(2, D), torch.tensor([1, 5]))
+
+
+def test_unknown_head_parameter_is_an_error():
+    with pytest.raises(ValueError, match="takes no parameter 'q'"):
+        PartialFC("arcface", D, C, q=1.0)
