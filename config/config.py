@@ -67,36 +67,40 @@ config.output = ""  # "" = work_dirs/<dataset>_<network>_<method>
 # index reaches shrink_epoch[i] - 1, and ContraFace switches to stage 2 at shrink_epoch[0] - 1.
 # network_width: channels of the first iresnet stage (64 = the standard network).
 # batch_size is per process (per GPU); num_workers are DataLoader workers per process.
+# partial_fc: shard the class centers across processes (losses/partial_fc.py; False = the replicated
+# head, as the paper); sample_rate: the share of each shard's centers a step scores (positives always).
 DATASETS = {
     "emore": edict(  # MS1MV2 (faces_emore)
         rec="data/faces_emore", num_classes=85742, num_image=5822653,
         network="iresnet100", network_width=64, batch_size=128, lr=0.1, num_workers=8,
-        num_epoch=24, shrink_epoch=[8, 14, 20],
+        num_epoch=24, shrink_epoch=[8, 14, 20], partial_fc=False, sample_rate=1.0,
     ),
     "webface": edict(  # CASIA-WebFace
         rec="data/faces_webface_112x112", num_classes=10572, num_image=490623,
         network="iresnet50", network_width=64, batch_size=128, lr=0.1, num_workers=8,
-        num_epoch=40, shrink_epoch=[22, 30],
+        num_epoch=40, shrink_epoch=[22, 30], partial_fc=False, sample_rate=1.0,
     ),
     "ms1mv3": edict(  # MS1M-RetinaFace
         rec="data/ms1m-retinaface-t1", num_classes=93431, num_image=5179510,
         network="iresnet100", network_width=64, batch_size=128, lr=0.1, num_workers=8,
-        num_epoch=24, shrink_epoch=[8, 14, 20],
+        num_epoch=24, shrink_epoch=[8, 14, 20], partial_fc=False, sample_rate=1.0,
     ),
     "glint360k": edict(  # not tuned by the paper: the MS1MV2 recipe, 20 epochs
         rec="data/glint360k", num_classes=360232, num_image=17091657,
         network="iresnet100", network_width=64, batch_size=128, lr=0.1, num_workers=8,
         num_epoch=20, shrink_epoch=[8, 14, 18],
+        partial_fc=True, sample_rate=1.0,  # insightface configs/glint360k_r100.py: all centers, batch 128, lr 0.1
     ),
     "webface42m": edict(  # not tuned by the paper; its 2M-class head is 4 GB of fp32 weights
         rec="data/webface42m", num_classes=2059906, num_image=42474557,
         network="iresnet100", network_width=64, batch_size=128, lr=0.1, num_workers=8,
         num_epoch=20, shrink_epoch=[8, 14, 18],
+        partial_fc=True, sample_rate=0.2,  # insightface configs/wf42m_pfc02_r100.py: batch 128, lr 0.1 (8 GPUs)
     ),
     "synthetic": edict(  # CPU-sized (scripts/quickstart.sh); make it with: python -m tools.make_synthetic
         rec="data/synthetic", num_classes=0, num_image=0,  # 0: read from the data
         network="iresnet18", network_width=8, batch_size=64, lr=0.1, num_workers=1,
-        num_epoch=4, shrink_epoch=[4],
+        num_epoch=4, shrink_epoch=[4], partial_fc=False, sample_rate=1.0,
     ),
 }
 

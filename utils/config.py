@@ -110,6 +110,10 @@ def validate(cfg: edict) -> edict:
             raise ConfigError(f"{key} must be in [0, 1), got {cfg[key]!r}")
     if not 0.0 <= cfg.contra_ema <= 1.0:
         raise ConfigError(f"contra_ema must be in [0, 1], got {cfg.contra_ema!r}")
+    if "sample_rate" in cfg and not 0.0 < cfg.sample_rate <= 1.0:
+        raise ConfigError(f"sample_rate must be in (0, 1], got {cfg.sample_rate!r} (dataset {cfg.dataset!r})")
+    if cfg.get("sample_rate", 1.0) < 1.0 and not cfg.get("partial_fc", False):
+        raise ConfigError(f"sample_rate {cfg.sample_rate!r} needs partial_fc = True (the replicated head scores all)")
     for key in ("start_epoch", "keep_checkpoints", "keep_backbones"):
         if int(cfg[key]) < 0:
             raise ConfigError(f"{key} must be >= 0, got {cfg[key]!r}")
