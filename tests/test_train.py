@@ -162,3 +162,66 @@ def test_two_processes_on_cpu(data_dir, tmp_path, launcher):
     # buffers are per rank (broadcast_buffers=False, as the reference): BN statistics differ
     a, b = (r["buffers"]["backbone.bn1.running_mean"] for r in checkpoint["ranks"])
     assert not torch.equal(a, b)
+
+
+def log_lines(out, pattern):
+    return [line for line in (out / "training.log").read_text().splitlines() if pattern in line]
+
+
+def test_init_weights_starts_at_start_epoch_with_fresh_optimizer(data_dir, tmp_path):
+    """The paper's recipe: stage 1 alone, then ContraFace from its weights at a later epoch."""
+    stage1 = tmp_path / "stage1"
+    train.main(args(data_dir, stage1, "method=single", "num_epoch=1"))
+    stage2 = tmp_path / "stage2"
+    train.main(args(data_dir, stage2, f"init_weights={stage1 / 'checkpoint-6.pt'}", "start_epoch=1"))
+    assert "init_weights: backbone and class centers from" in (stage2 / "training.log").read_text()
+    # the step counter, LR schedule and stage switch begin at epoch 1: step 6, lr 0.1 * 0.1, stage 2
+    first = log_lines(stage2, "-Loss")[0]
+    assert first.split("]-", 1)[1].startswith("[8][E 1]") and "-LR 0.010000" in first and "-LC" in first
+    assert [step for step, _ in train_state.list_checkpoints(stage2)] == [12, 18]
+    start = train_state.read_checkpoint(str(stage2 / "checkpoint-12.pt"))
+    assert start["step"] == 12 and start["epoch"] == 2
+    # a plain insightface backbone.pth has no centers: the head starts fresh
+    plain = tmp_path / "plain"
+    train.main(args(data_dir, plain, f"init_weights={stage1 / 'backbone.pth'}", "start_epoch=2"))
+    assert "class centers start fresh (the file has none)" in (plain / "training.log").read_text()
+
+
+def test_init_weights_reads_the_original_contraface_layout(data_dir, tmp_path):
+    from backbones import get_backbone
+    from losses import get_head
+
+    backbone = get_backbone("iresnet18", width=8, num_features=32)
+    kernel = get_head("arcface", 32, 8).kernel.detach() + 1.0
+    original = {**{f"backbone.{k}": v for k, v in backbone.state_dict().items()}, "header.kernel": kernel}
+    torch.save(original, tmp_path / "90976model.pth")
+    out = tmp_path / "run"
+    train.main(args(data_dir, out, f"init_weights={tmp_path / '90976model.pth'}", "start_epoch=2", "method=single",
+                    "lr=0"))
+    head = train_state.read_checkpoint(str(out / "checkpoint-18.pt"))["head"]
+    torch.testing.assert_close(head["head.kernel"], kernel, rtol=0, atol=0)  # lr 0: the loaded centers
+
+
+def test_init_weights_of_another_architecture_names_the_file(data_dir, tmp_path):
+    from backbones import get_backbone
+
+    other = tmp_path / "other.pth"
+    torch.save(get_backbone("iresnet18", width=16, num_features=32).state_dict(), other)
+    with pytest.raises(Exception, match="other.pth"):
+        train.main(args(data_dir, tmp_path / "run", f"init_weights={other}"))
+    with pytest.raises(ConfigError, match="init_weights '/nonexistent.pth': file not found"):
+        train.main(args(data_dir, tmp_path / "run2", "init_weights=/nonexistent.pth"))
+
+
+def test_keep_all_checkpoints_and_a_backbone_per_evaluation(data_dir, tmp_path):
+    out = tmp_path / "run"
+    train.main(args(data_dir, out, "save_step=4", "keep_checkpoints=0", "keep_backbones=2"))
+    assert [step for step, _ in train_state.list_checkpoints(out)] == [4, 8, 12, 16, 18]
+    assert [step for step, _ in train_state.list_backbones(out)] == [12, 18]  # evaluated at 6, 12, 18
+    last = train_state.read_checkpoint(str(out / "checkpoint-18.pt"))
+    snapshot = torch.load(out / "backbone-18.pth", weights_only=True)
+    torch.testing.assert_close(snapshot, last["backbone"], rtol=0, atol=0)
+    # the paper's number: the mean over targets of each target's best accuracy so far
+    highest = [float(line.rsplit(" ", 1)[1]) for line in log_lines(out, "[lfw]Accuracy-Highest")]
+    mean_highest = [float(line.rsplit(" ", 1)[1]) for line in log_lines(out, "[mean]Accuracy-Highest")]
+    assert mean_highest == highest and len(highest) == 3
