@@ -14,9 +14,27 @@ config = edict()
 
 # --- method --------------------------------------------------------------------------------
 config.method = "contraface"  # contraface (two-stage) | single (margin-softmax baseline)
-config.head = "arcface"  # arcface | cosface: the margin softmax over class centers
-config.s = 64.0  # head scale
-config.m = 0.5  # head margin (ArcFace 0.5; use 0.35 with cosface)
+# head: the margin softmax over class centers (losses/heads, README "Margin heads"): arcface |
+# cosface | combined | mv_am | mv_arc | curricularface | magface | adaface | elastic_arc | elastic_cos
+config.head = "arcface"
+# Head parameters: None = the chosen head's own default (arcface s 64 m 0.5, cosface s 64 m 0.35,
+# ...); setting one the head does not take is a config error.
+config.s = None  # scale (every head; 64, MV-Softmax 32)
+config.m = None  # margin (arcface, cosface, mv_*, curricularface, adaface, elastic_*)
+config.m1 = None  # combined: s * (cos(m1 * theta + m2) - m3), defaults 1, 0.3, 0.2
+config.m2 = None
+config.m3 = None
+config.t = None  # mv_am / mv_arc: hard-negative shift (0.2)
+config.adaptive = None  # mv_am / mv_arc: (t + 1) cos + t (True) or cos + t (False)
+config.l_a = None  # magface: norm range [l_a, u_a] (10, 110) ...
+config.u_a = None
+config.l_m = None  # ... mapped to margins [l_m, u_m] (0.45, 0.8)
+config.u_m = None
+config.lambda_g = None  # magface: weight of the norm regulariser (35)
+config.h = None  # adaface: margin scaler concentration (0.333)
+config.t_alpha = None  # adaface: EMA rate of the norm mean / std (0.01)
+config.std = None  # elastic_*: std of the per-sample margin (0.05)
+config.plus = None  # elastic_*: ElasticFace+ (margins sorted by target cosine), default False
 
 # ContraFace: stage 1 (single branch) until the first LR decay, then stage 2 (double branch).
 config.dropout = 0.4  # dropout on the flattened feature map in stage 1

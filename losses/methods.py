@@ -19,12 +19,11 @@ import difflib
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
 from losses.contraface import ContraFace
-from losses.heads import MarginHead, get_head
+from losses.heads import HEAD_PARAMS, MarginHead, get_head
 from utils.dataset import get_train_dataset
 from utils.sampler import ResumableBatchSampler, ResumableDistributedSampler
 
@@ -54,7 +53,7 @@ class TrainingMethod(nn.Module):
 
 
 class SingleBranch(TrainingMethod):
-    """Margin softmax on one dropout view: loss = CE(head(backbone(x)), y) (the ArcFace baseline)."""
+    """Margin softmax on one dropout view: loss = head.loss(backbone(x), y) (the ArcFace baseline)."""
 
     def __init__(self, backbone: nn.Module, head: MarginHead, dropout: float = 0.4):
         super().__init__()
@@ -64,7 +63,7 @@ class SingleBranch(TrainingMethod):
         self.backbone.dropout_p = dropout
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
-        loss = F.cross_entropy(self.head(self.backbone(images), labels), labels)
+        loss = self.head.loss(self.backbone(images), labels)
         return {"loss": loss, "logs": {"L1": loss.detach()}}
 
 
@@ -73,7 +72,8 @@ class ContraFaceTraining(SingleBranch):
 
     Stage 1 (epochs before ``switch_epoch``): single branch, dropout ``dropout``.
     Stage 2: one trunk pass, two independent dropout views (p = ``dropout2``) through the shared
-    FC + BN, loss = w1 CE(x1) + w2 CE(x2) + wC Contra(x1, x2) [+ wC2 Contra(x2, x1)].
+    FC + BN, loss = w1 L(x1) + w2 L(x2) + wC Contra(x1, x2) [+ wC2 Contra(x2, x1)], L = head.loss
+    (so a stateful head, CurricularFace or AdaFace, updates its state once per view).
     ``single=True`` is the original's ablation: stage 2 only switches the dropout to
     ``dropout2`` and keeps one branch (no second view, no contrastive loss).
     """
@@ -107,8 +107,8 @@ class ContraFaceTraining(SingleBranch):
             return super().forward(images, labels)
         w1, w2, wc, wc2 = self.weights
         x1, x2 = self.backbone.double_forward(images)
-        loss1 = F.cross_entropy(self.head(x1, labels), labels)
-        loss2 = F.cross_entropy(self.head(x2, labels), labels)
+        loss1 = self.head.loss(x1, labels)
+        loss2 = self.head.loss(x2, labels)
         loss_c = self.contra(x1, x2, labels)
         loss = w1 * loss1 + w2 * loss2 + wc * loss_c
         logs = {"L1": loss1.detach(), "L2": loss2.detach(), "LC": loss_c.detach()}
@@ -131,9 +131,14 @@ def switch_epoch(cfg: Any) -> int:
     return cfg.shrink_epoch[0] - 1 if cfg.switch_epoch is None else int(cfg.switch_epoch)
 
 
+def head_params(cfg: Any) -> dict[str, Any]:
+    """The head parameters set in ``cfg`` (a None or missing key: the head's own default)."""
+    return {key: cfg[key] for key in HEAD_PARAMS if cfg.get(key) is not None}
+
+
 def build_method(cfg: Any, backbone: nn.Module) -> TrainingMethod:
     """The training method named by ``cfg.method``, with its head, from a config."""
-    head = get_head(cfg.head, cfg.embedding_size, cfg.num_classes, s=cfg.s, m=cfg.m)
+    head = get_head(cfg.head, cfg.embedding_size, cfg.num_classes, **head_params(cfg))
     if cfg.method == "single":
         return SingleBranch(backbone, head, dropout=cfg.dropout)
     if cfg.method == "contraface":

@@ -15,7 +15,7 @@ def test_default_config_reproduces_the_paper_on_ms1mv2():
     assert cfg.shrink_epoch == [8, 14, 20] and cfg.batch_size == 128 and cfg.lr == 0.1
     assert (cfg.dropout, cfg.dropout2) == (0.4, 0.6)
     assert (cfg.weight1, cfg.weight2, cfg.weightC, cfg.weightC2) == (0.5, 0.5, 0.05, 0.0)
-    assert (cfg.s, cfg.m, cfg.contra_s, cfg.contra_ema) == (64.0, 0.5, 64.0, 0.99)
+    assert (cfg.head, cfg.s, cfg.m, cfg.contra_s, cfg.contra_ema) == ("arcface", None, None, 64.0, 0.99)  # s 64, m 0.5
     assert cfg.grad_clip == 5.0 and cfg.weight_decay == 5e-4 and cfg.momentum == 0.9
     assert cfg.output == "work_dirs/emore_iresnet100_contraface"
 

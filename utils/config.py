@@ -88,14 +88,45 @@ def _check_blocks(datasets: dict, path: str) -> None:
             )
 
 
+def _check_head(cfg: edict) -> None:
+    """A known head, and only parameters it takes, typed like its defaults (None = its default)."""
+    from losses.heads import HEAD_PARAMS, HEADS
+
+    if cfg.head not in HEADS:
+        raise ConfigError(
+            f"head {cfg.head!r} is not a known head{_suggest(str(cfg.head), HEADS)} (known: {', '.join(HEADS)})"
+        )
+    head = HEADS[cfg.head]
+    defaults = head.defaults()
+    for key in HEAD_PARAMS:
+        value = cfg.get(key)
+        if value is None:
+            continue
+        if key not in defaults:
+            raise ConfigError(
+                f"{key}={value!r}: head {cfg.head!r} takes no parameter {key!r} "
+                f"(its parameters: {', '.join(head.param_names)}; unset it or set it to None)"
+            )
+        if isinstance(defaults[key], bool):
+            # --set of a key whose current value is None keeps the literal: accept true/false too
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                value = value.lower() == "true"
+            if not isinstance(value, bool):
+                raise ConfigError(f"{key}={value!r}: head {cfg.head!r} expects True or False")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = float(value)
+        else:
+            raise ConfigError(f"{key}={value!r}: head {cfg.head!r} expects a number (default {defaults[key]!r})")
+        cfg[key] = value
+
+
 def validate(cfg: edict) -> edict:
     """Check values that would otherwise fail hours into training."""
-    from losses import HEADS, METHODS
+    from losses import METHODS
 
     if cfg.method not in METHODS:
         raise ConfigError(f"method {cfg.method!r} is not one of {', '.join(METHODS)}")
-    if cfg.head not in HEADS:
-        raise ConfigError(f"head {cfg.head!r} is not one of {', '.join(HEADS)}")
+    _check_head(cfg)
     if cfg.amp not in AMP_MODES:
         raise ConfigError(f"amp {cfg.amp!r} is not one of {', '.join(AMP_MODES)}")
     if list(cfg.shrink_epoch) != sorted(cfg.shrink_epoch) or not cfg.shrink_epoch:
