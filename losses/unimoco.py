@@ -1,0 +1,285 @@
+"""UniMoCo as FaceCL trains it: a momentum key encoder, feature + label queues, the unified loss.
+
+Per step (FaceCL's order, SPEC "FaceCL / UniMoCo"):
+
+    q = normalize(projection_q(backbone(view1)))                      # with grad
+    momentum update of the key encoder, then, without grad:
+    k = normalize(projection_k(encoder_k(view2)))  with batch-shuffle BN across ranks
+    enqueue all ranks' (k, label) at queue_ptr                       # before the logits
+    logits = q . queue / T,  targets = (label_queue == label) & (label != -1)
+    loss = UnifiedContrastive(margin)(logits, targets)
+
+so a sample's own key and its group-mates (the sampler puts ``samples_per_label`` images of one
+class in a batch) are its positives. ``own_key_positive=True`` is the UniMoCo paper's variant for
+unlabelled data: the own key is an extra positive column and the enqueue comes after the logits.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["UniMoCo", "UnifiedContrastive", "batch_shuffle", "batch_unshuffle", "make_projection"]
+
+
+class UnifiedContrastive(nn.Module):
+    """UniMoCo's loss: mean_i log(1 + sum_neg exp(l_ij + margin) * sum_pos exp(-l_ip)).
+
+    ``logits`` (N, M), ``targets`` (N, M) of 0/1 (or bool): 1 marks a positive. Computed in fp32
+    with log-sum-exps (FaceCL sums the exponentials directly, which overflows for logits past
+    ~88; the value is the same where FaceCL's is finite). A row with no positive or no negative
+    contributes 0, with zero gradient and no NaN, as FaceCL's formula gives for an empty sum.
+    """
+
+    def __init__(self, margin: float = 0.0):
+        super().__init__()
+        self.margin = float(margin)
+
+    def per_row(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The loss of every row, (N,) fp32."""
+        with torch.autocast(logits.device.type, enabled=False):
+            if logits.dtype != torch.float64:  # float64 stays (gradcheck)
+                logits = logits.float()
+            pos = targets.bool() if targets.dtype == torch.bool else targets != 0
+            neg = ~pos
+            valid = pos.any(1) & neg.any(1)
+            # an invalid row gets finite fillers instead of -inf, so that neither its value nor
+            # its (discarded) gradient is ever NaN
+            fill = torch.where(valid, float("-inf"), 0.0).to(logits.dtype)[:, None]
+            log_neg = torch.logsumexp(torch.where(neg, logits + self.margin, fill), dim=1)
+            log_pos = torch.logsumexp(torch.where(pos, -logits, fill), dim=1)
+            loss = F.softplus(log_neg + log_pos)  # log(1 + exp(a + b)) = log(1 + S_neg * S_pos)
+            return torch.where(valid, loss, torch.zeros_like(loss))
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The mean loss over the rows (scalar fp32)."""
+        return self.per_row(logits, targets).mean()
+
+
+def make_projection(in_features: int, dim: int, mlp: Any = None) -> nn.Module:
+    """FaceCL's projection head: Linear(in, dim), or Linear-ReLU-Linear with the ``mlp`` hidden width.
+
+    ``mlp``: None (one linear layer), "same_in" (hidden = in_features), "same_out" (hidden = dim)
+    or an int. ``True`` is refused: FaceCL's ``int(True)`` silently made a 1-unit bottleneck.
+    """
+    if mlp is None:
+        return nn.Linear(in_features, dim)
+    if isinstance(mlp, bool):
+        raise ValueError(f"moco_mlp={mlp!r}: use None, 'same_in', 'same_out' or a hidden width (int)")
+    if mlp == "same_in":
+        hidden = in_features
+    elif mlp == "same_out":
+        hidden = dim
+    elif isinstance(mlp, int) or (isinstance(mlp, str) and mlp.isdigit()):
+        hidden = int(mlp)
+    else:
+        raise ValueError(f"moco_mlp={mlp!r}: use None, 'same_in', 'same_out' or a hidden width (int)")
+    if hidden <= 0:
+        raise ValueError(f"moco_mlp={mlp!r}: the hidden width must be positive")
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+
+
+# --------------------------------------------------------------------------------------------
+# collectives (plain identities with one process)
+# --------------------------------------------------------------------------------------------
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+@torch.no_grad()
+def concat_all_gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``tensor`` concatenated along dim 0 in rank order (no gradient)."""
+    world, _ = _world()
+    if world == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(world)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+@torch.no_grad()
+def batch_shuffle(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's slice of the globally shuffled batch, and the permutation that undoes it.
+
+    All ranks draw a permutation from their torch RNG (FaceCL's ``randperm``; it keeps the RNG
+    streams in step) and use rank 0's, broadcast. With one process it is a plain permutation.
+    """
+    world, rank = _world()
+    gathered = concat_all_gather(x)
+    idx_shuffle = torch.randperm(gathered.shape[0]).to(x.device)
+    if world > 1:
+        dist.broadcast(idx_shuffle, src=0)
+    idx_unshuffle = torch.argsort(idx_shuffle)
+    idx_this = idx_shuffle.view(world, -1)[rank]
+    return gathered[idx_this], idx_unshuffle
+
+
+@torch.no_grad()
+def batch_unshuffle(x: torch.Tensor, idx_unshuffle: torch.Tensor) -> torch.Tensor:
+    """Undo :func:`batch_shuffle`: this rank's own rows, in their original order."""
+    world, rank = _world()
+    gathered = concat_all_gather(x)
+    return gathered[idx_unshuffle.view(world, -1)[rank]]
+
+
+# --------------------------------------------------------------------------------------------
+# the method
+# --------------------------------------------------------------------------------------------
+class UniMoCo(nn.Module):
+    """UniMoCo training method: query encoder ``backbone`` + projection, momentum key encoder, queues.
+
+    ``forward(images, labels)``: images (N, 2, 3, H, W) float, the two views of each image
+    (query, key); labels (N,) int64, -1 for an unlabelled image. Returns {"loss", "logs"}.
+    Buffers: ``queue`` (dim, K) unit columns, ``label_queue`` (K,) int64 (-1 = empty or
+    unlabelled), ``queue_ptr`` (1,) int64; they are saved with the checkpoints.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        embedding_size: int = 512,
+        dim: int = 128,
+        K: int = 65536,
+        m: float = 0.999,
+        T: float = 0.07,
+        mlp: Any = None,
+        margin: float = 0.0,
+        own_key_positive: bool = False,
+        num_classes: int = 0,
+    ):
+        super().__init__()
+        if K <= 0 or dim <= 0:
+            raise ValueError(f"moco_k={K} and moco_dim={dim} must be positive")
+        if not 0.0 <= m <= 1.0:
+            raise ValueError(f"moco_m={m} must be in [0, 1]")
+        if T <= 0:
+            raise ValueError(f"moco_t={T} must be positive")
+        self.K, self.m, self.T = int(K), float(m), float(T)
+        self.own_key_positive = bool(own_key_positive)
+        self.num_classes = int(num_classes)
+        self.backbone = backbone
+        self.projection_q = make_projection(embedding_size, dim, mlp)
+        # the key encoder starts as a copy of the query's parameters and follows them by momentum
+        self.encoder_k = copy.deepcopy(backbone)
+        self.projection_k = copy.deepcopy(self.projection_q)
+        for param in self._key_params():
+            param.requires_grad = False
+        self.criterion = UnifiedContrastive(margin)
+        self.register_buffer("queue", F.normalize(torch.randn(dim, self.K), dim=0))
+        self.register_buffer("label_queue", torch.full((self.K,), -1, dtype=torch.long))
+        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+        self._queue_synced = False
+
+    def _query_params(self) -> list[nn.Parameter]:
+        return [*self.backbone.parameters(), *self.projection_q.parameters()]
+
+    def _key_params(self) -> list[nn.Parameter]:
+        return [*self.encoder_k.parameters(), *self.projection_k.parameters()]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called before every epoch; UniMoCo has no stages."""
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """One group: the query encoder and its projection (the key side has no gradient)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """theta_k <- m * theta_k + (1 - m) * theta_q for every key parameter (not BN buffers)."""
+        keys, queries = self._key_params(), self._query_params()
+        torch._foreach_mul_(keys, self.m)
+        torch._foreach_add_(keys, queries, alpha=1.0 - self.m)
+
+    @torch.no_grad()
+    def sync_queue(self) -> None:
+        """Give every rank rank 0's queues (each rank drew its own randn at construction)."""
+        world, _ = _world()
+        if world > 1:
+            for buf in (self.queue, self.label_queue, self.queue_ptr):
+                dist.broadcast(buf, src=0)
+        self._queue_synced = True
+
+    @torch.no_grad()
+    def keys(self, im_k: torch.Tensor) -> torch.Tensor:
+        """Unit key features (N, dim) fp32 of this rank's key views, batch-shuffled for BN."""
+        shuffled, idx_unshuffle = batch_shuffle(im_k)
+        k = F.normalize(self.projection_k(self.encoder_k(shuffled)).float(), dim=1)
+        return batch_unshuffle(k, idx_unshuffle)
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor, labels: torch.Tensor) -> None:
+        """Write all ranks' keys and labels (rank order) at ``queue_ptr``; advance it mod K."""
+        keys, labels = concat_all_gather(keys), concat_all_gather(labels)
+        n = keys.shape[0]
+        if self.K % n:
+            raise ValueError(f"moco_k={self.K} is not a multiple of the global batch {n}")
+        # a device-side pointer (index_copy_ with an arange) avoids a host sync every step
+        columns = self.queue_ptr + torch.arange(n, device=self.queue_ptr.device)
+        self.queue.index_copy_(1, columns, keys.T.to(self.queue.dtype))
+        self.label_queue.index_copy_(0, columns, labels.to(self.label_queue.dtype))
+        self.queue_ptr.add_(n).remainder_(self.K)
+
+    def logits_and_targets(
+        self, q: torch.Tensor, k: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """fp32 logits (N, K [+1]) against the queue and their 0/1 targets; enqueues (k, labels)."""
+        with torch.autocast(q.device.type, enabled=False):
+            q = q.float()
+            if not self.own_key_positive:
+                self.enqueue(k, labels)  # FaceCL: before the logits, so the own key is a positive
+            logits = q @ self.queue.clone() / self.T
+            targets = (labels[:, None] == self.label_queue[None, :]) & (labels[:, None] != -1)
+            if self.own_key_positive:
+                own = (q * k).sum(1, keepdim=True) / self.T
+                logits = torch.cat([own, logits], dim=1)
+                targets = torch.cat([torch.ones_like(targets[:, :1]), targets], dim=1)
+                self.enqueue(k, labels)
+        return logits, targets.float()
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+        if images.dim() != 5 or images.shape[1] != 2:
+            raise ValueError(f"UniMoCo expects (N, 2, C, H, W) image pairs, got {tuple(images.shape)}")
+        if not self._queue_synced:
+            self.sync_queue()
+        q = F.normalize(self.projection_q(self.backbone(images[:, 0])).float(), dim=1)
+        with torch.no_grad():
+            self.momentum_update()  # before the keys, as FaceCL
+            k = self.keys(images[:, 1])
+        logits, targets = self.logits_and_targets(q, k, labels)
+        loss = self.criterion(logits, targets)
+        positives = targets.sum(1).mean()
+        return {"loss": loss, "logs": {"LU": loss.detach(), "AvgPos": positives.detach()}}
+
+    @torch.no_grad()
+    def queue_stats(self) -> dict[str, torch.Tensor]:
+        """FaceCL's queue statistics as device scalars: labelled items, and per-class counts.
+
+        #items, the fraction of the queue labelled; with ``num_classes`` also the number of
+        classes absent from the queue, the mean/std/min/max count per class, and FaceCL's
+        balance score log(C) / CE(uniform || class frequencies), 1 for a perfectly even queue.
+        """
+        labelled = self.label_queue[self.label_queue >= 0]
+        items = torch.tensor(labelled.numel(), device=self.label_queue.device)  # no sync: size is known
+        stats = {"Q_items": items.float(), "Q_labelled": items.float() / self.K}
+        if self.num_classes > 0:
+            counts = torch.bincount(labelled, minlength=self.num_classes)[: self.num_classes].float()
+            std, mean = torch.std_mean(counts)
+            probs = counts / items.clamp_min(1)
+            cross_entropy = -torch.log(probs + 1e-20).mean()
+            stats.update(
+                Q_zeros=(counts == 0).sum().float(), Q_mean=mean, Q_std=std,
+                Q_min=counts.min(), Q_max=counts.max(), Q_balance=math.log(self.num_classes) / cross_entropy,
+            )
+        return stats
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """Scalars to log beside the losses: the queue statistics (read every ``frequent`` steps)."""
+        return self.queue_stats()
