@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from backbones import BACKBONES, get_backbone, list_backbones
+from utils.cli import run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -148,4 +149,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_cli(main)

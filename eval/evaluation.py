@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import re
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
@@ -33,6 +32,7 @@ from tqdm import tqdm
 from eval import verification
 from eval.embedder import Embedder, load_backbone
 from utils.checkpoint import CheckpointError, step_from_filename
+from utils.cli import UsageError, run_cli
 from utils.fileio import atomic_path, refuse_overwrite
 
 __all__ = [
@@ -298,16 +298,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.batch_size < 1:
-        raise SystemExit(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.output:
         refuse_overwrite([args.output], args.force)  # fail before any work is done
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     if not targets:
-        raise SystemExit("--targets is empty")
+        raise UsageError("--targets is empty")
     checkpoints = find_checkpoints(args.weights)
     sets, missing = load_targets(args.data_dir, targets, tuple(args.image_size))
     if not sets:
-        raise SystemExit(
+        raise FileNotFoundError(
             f"none of the targets ({', '.join(targets)}) has a .bin in {args.data_dir}"
         )
     kwargs = {"width": args.width, "num_features": args.num_features}
@@ -335,9 +335,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
             json.dump(result, f, indent=2)
         log.info("results written to %s", args.output)
     if all("error" in r for r in records):
-        raise SystemExit("no checkpoint could be evaluated (see the warnings above)")
+        raise CheckpointError(f"{args.weights}: no checkpoint could be evaluated (see the warnings above)")
     return result
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_cli(main)

@@ -192,7 +192,7 @@ def test_evaluation_single_checkpoint_with_explicit_network(tmp_path, bins):
 
 def test_evaluation_no_bins_is_an_error(tmp_path):
     export_backbone(tiny(1), tmp_path / "model.pt", "iresnet18", TINY)
-    with pytest.raises(SystemExit, match="none of the targets"):
+    with pytest.raises(FileNotFoundError, match="none of the targets"):
         evaluation.main(["--weights", str(tmp_path / "model.pt"), "--data-dir", str(tmp_path),
                          "--device", "cpu"])
 

@@ -22,13 +22,15 @@ def decode(data: bytes) -> np.ndarray:
 def test_resize_interpolation_area_to_shrink_cubic_to_enlarge():
     rng = np.random.default_rng(0)
     big, small = smooth(rng, 150), smooth(rng, 56)
-    np.testing.assert_array_equal(resize_face(big, (112, 112)), cv2.resize(big, (112, 112), interpolation=cv2.INTER_AREA))
+    area = cv2.resize(big, (112, 112), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(resize_face(big, (112, 112)), area)
     up = resize_face(small, (112, 112))
     np.testing.assert_array_equal(up, cv2.resize(small, (112, 112), interpolation=cv2.INTER_CUBIC))
     assert not np.array_equal(up, cv2.resize(small, (112, 112), interpolation=cv2.INTER_LINEAR))
     # one side larger, the other smaller: counts as shrinking (AREA)
     wide = smooth(rng, 120)[:100]
-    np.testing.assert_array_equal(resize_face(wide, (112, 112)), cv2.resize(wide, (112, 112), interpolation=cv2.INTER_AREA))
+    area = cv2.resize(wide, (112, 112), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(resize_face(wide, (112, 112)), area)
 
 
 def test_both_tools_store_the_same_bytes(tmp_path):
@@ -39,7 +41,8 @@ def test_both_tools_store_the_same_bytes(tmp_path):
     via_bin = make_bin.encode_image(str(small), (112, 112), resize=True, quality=90)
     assert via_rec == via_bin == encode_face(small, (112, 112), True, "jpg", 90)
     png = encode_face(small, (112, 112), resize=True, fmt="png")  # lossless: the resized pixels
-    np.testing.assert_array_equal(decode(png), cv2.resize(cv2.imread(str(small)), (112, 112), interpolation=cv2.INTER_CUBIC))
+    cubic = cv2.resize(cv2.imread(str(small)), (112, 112), interpolation=cv2.INTER_CUBIC)
+    np.testing.assert_array_equal(decode(png), cubic)
 
 
 def test_keep_returns_the_file_and_errors_name_it(tmp_path):

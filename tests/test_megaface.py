@@ -471,7 +471,8 @@ def test_cli_main_with_a_checkpoint(synth, tmp_path, tiny_backbone, capsys):
     assert "rank-1 %" in table and "TAR@FAR=0.1 %" in table
     saved = json.loads((out / "megaface_tiny_r18.json").read_text())  # algo from the file name
     assert list(saved["sizes"]) == ["10"] and saved["feature_dim"] == 33
-    assert megaface_eval.main(argv) == 1  # results exist: refused, with a message, no traceback
+    with pytest.raises(FileExistsError, match="--overwrite-results"):  # results exist: refused
+        megaface_eval.main(argv)
     with pytest.raises(SystemExit) as e:
         megaface_eval.main(["--help"])
     assert e.value.code == 0

@@ -100,14 +100,14 @@ def test_im2rec_workers_give_the_same_file(tree, tmp_path):
         assert (tmp_path / "w1" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes()
 
 
-def test_im2rec_size_check_and_resize(tree, tmp_path, capsys):
+def test_im2rec_size_check_and_resize(tree, tmp_path, user_error):
     root, _ = tree
     odd = root / "bob" / "big.png"
     big = smooth_image(np.random.default_rng(1), 150)
     cv2.imwrite(str(odd), big)
     out = tmp_path / "rec"
-    assert im2rec.main([str(root), str(out), "--quiet"]) == 1
-    assert f"{odd}: image is 150x150, expected 112x112; pass --resize" in capsys.readouterr().err
+    line = user_error(im2rec.main, [root, out, "--quiet"], extra=(ValueError,))
+    assert line == f"error: ValueError: {odd}: image is 150x150, expected 112x112; pass --resize to resize it"
     assert not out.exists() or not any(out.iterdir())  # nothing half-written
     assert im2rec.main([str(root), str(out), "--resize", "--format", "png", "--quiet"]) == 0
     ds = MXFaceDataset(out, augment=False)
@@ -117,21 +117,21 @@ def test_im2rec_size_check_and_resize(tree, tmp_path, capsys):
     np.testing.assert_array_equal(x.numpy(), rgb_of(expected))
 
 
-def test_im2rec_unreadable_image_names_file(tree, tmp_path, capsys):
+def test_im2rec_unreadable_image_names_file(tree, tmp_path, user_error):
     root, _ = tree
     bad = root / "carol" / "zz.jpg"
     bad.write_bytes(b"\xff\xd8\xff garbage")
-    assert im2rec.main([str(root), str(tmp_path / "rec"), "--quiet"]) == 1
-    assert f"{bad}: cannot decode the image" in capsys.readouterr().err
+    line = user_error(im2rec.main, [root, tmp_path / "rec", "--quiet"], extra=(ValueError,))
+    assert f"{bad}: cannot decode the image" in line
 
 
-def test_im2rec_refuses_to_overwrite_without_force(tree, tmp_path, capsys):
+def test_im2rec_refuses_to_overwrite_without_force(tree, tmp_path, user_error):
     root, _ = tree
     out = tmp_path / "rec"
     assert im2rec.main([str(root), str(out), "--quiet"]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert im2rec.main([str(root), str(out), "--format", "png", "--quiet"]) == 1
-    err = capsys.readouterr().err
+    err = user_error(im2rec.main, [root, out, "--format", "png", "--quiet"], extra=(ValueError,))
+    assert err.startswith("error: FileExistsError: refusing to overwrite")
     assert "refusing to overwrite" in err and "train.rec" in err and "--force" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert im2rec.main([str(root), str(out), "--format", "png", "--force", "--quiet"]) == 0
@@ -208,12 +208,11 @@ def test_rec2idx_id_and_sequential_differ_on_a_shuffled_file(tmp_path):
     assert out.read_text() == "".join(f"{i}\t{o}\n" for i, o in enumerate(offsets))
 
 
-def test_rec2idx_duplicate_ids_suggest_sequential(tmp_path, capsys):
+def test_rec2idx_duplicate_ids_suggest_sequential(tmp_path, user_error):
     rec = tmp_path / "plain.rec"
     data = (FIXTURES / "plain.rec").read_bytes()
     rec.write_bytes(data + data)  # ids 0..4 twice
-    assert rec2idx.main([str(rec), "--quiet"]) == 1
-    assert "both have id 0; use --key sequential" in capsys.readouterr().err
+    assert "both have id 0; use --key sequential" in user_error(rec2idx.main, [rec, "--quiet"], extra=(ValueError,))
     assert not (tmp_path / "plain.idx").exists()
     assert rec2idx.main([str(rec), "--key", "sequential", "--quiet"]) == 0
     sizes = [8 + 24 + (n + 3) // 4 * 4 for n in (97, 98, 99, 100, 101)] * 2
@@ -222,22 +221,21 @@ def test_rec2idx_duplicate_ids_suggest_sequential(tmp_path, capsys):
     )
 
 
-def test_rec2idx_refuses_to_overwrite_without_force(tmp_path, capsys):
+def test_rec2idx_refuses_to_overwrite_without_force(tmp_path, user_error):
     rec = copy_rec(tmp_path)
     idx = tmp_path / "train.idx"
     idx.write_text("stale\n")
-    assert rec2idx.main([str(rec), "--quiet"]) == 1
-    assert "refusing to overwrite" in capsys.readouterr().err
+    assert "FileExistsError: refusing to overwrite" in user_error(rec2idx.main, [rec, "--quiet"], extra=(ValueError,))
     assert idx.read_text() == "stale\n"
     assert rec2idx.main([str(rec), "--force", "--quiet"]) == 0
     assert idx.read_text() == (FIXTURES / "train.idx").read_text()
 
 
-def test_rec2idx_truncated_rec_names_offset(tmp_path, capsys):
+def test_rec2idx_truncated_rec_names_offset(tmp_path, user_error):
     rec = tmp_path / "train.rec"
     rec.write_bytes((FIXTURES / "train.rec").read_bytes()[:10000])
-    assert rec2idx.main([str(rec), "--quiet"]) == 1
-    assert "record at byte 8492 is truncated" in capsys.readouterr().err
+    line = user_error(rec2idx.main, [rec, "--quiet"], extra=(ValueError,))
+    assert line.startswith(f"error: RecordIOError: {rec}") and "record at byte 8492 is truncated" in line
     assert not (tmp_path / "train.idx").exists()
 
 
@@ -291,15 +289,15 @@ def test_shuffle_rec_is_seeded(tmp_path):
     assert read("a") == read("b") != read("c")
 
 
-def test_shuffle_of_a_plain_file_and_refusal(tmp_path, capsys):
+def test_shuffle_of_a_plain_file_and_refusal(tmp_path, user_error):
     first, second = tmp_path / "s1", tmp_path / "s2"
     assert shuffle_rec.main([str(FIXTURES), str(first), "--quiet"]) == 0
     assert shuffle_rec.main([str(first), str(second), "--seed", "5", "--quiet"]) == 0
     assert Counter(r[:2] for r in records_of(second)) == Counter(r[:2] for r in records_of(first))
     assert (second / "property").read_text() == "4,112,112"  # carried over
     before = (second / "train.rec").read_bytes()
-    assert shuffle_rec.main([str(first), str(second), "--seed", "6", "--quiet"]) == 1
-    assert "refusing to overwrite" in capsys.readouterr().err
+    line = user_error(shuffle_rec.main, [first, second, "--seed", "6", "--quiet"], extra=(ValueError,))
+    assert line.startswith("error: FileExistsError: refusing to overwrite") and "train.rec" in line
     assert (second / "train.rec").read_bytes() == before
     assert shuffle_rec.main([str(first), str(second), "--seed", "6", "--force", "--quiet"]) == 0
     assert (second / "train.rec").read_bytes() != before

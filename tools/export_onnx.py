@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import warnings
 from typing import Any, Sequence
 
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from eval.embedder import IMAGE_SIZE, load_backbone
+from utils.cli import run_cli
 from utils.fileio import atomic_path, refuse_overwrite
 
 __all__ = ["export_onnx", "check_onnx", "main"]
@@ -151,4 +151,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_cli(main)

@@ -26,13 +26,13 @@ import functools
 import logging
 import multiprocessing
 import os
-import sys
 from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
+from utils.cli import run_cli
 from utils.dataset import list_image_folder
 from utils.fileio import atomic_path, atomic_write_bytes, refuse_overwrite
 from utils.images import ENCODINGS, encode_face
@@ -184,18 +184,14 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        n, c = im2rec(
-            args.src, args.out_dir, image_size=args.image_size, workers=args.workers,
-            force=args.force, progress=not args.quiet, resize=args.resize, fmt=args.format,
-            quality=args.quality, keep_jpeg=args.keep_jpeg,
-        )
-    except (OSError, ValueError) as e:
-        print(f"im2rec: error: {e}", file=sys.stderr)
-        return 1
+    n, c = im2rec(
+        args.src, args.out_dir, image_size=args.image_size, workers=args.workers,
+        force=args.force, progress=not args.quiet, resize=args.resize, fmt=args.format,
+        quality=args.quality, keep_jpeg=args.keep_jpeg,
+    )
     print(f"wrote {n} images of {c} identities to {args.out_dir}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main, extra=(ValueError,))  # every ValueError here is about an input image or list

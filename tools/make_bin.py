@@ -26,6 +26,7 @@ from typing import BinaryIO, Sequence
 
 from tqdm import tqdm
 
+from utils.cli import run_cli
 from utils.fileio import atomic_path, refuse_overwrite
 from utils.images import encode_face
 
@@ -213,7 +214,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except (OSError, ValueError) as e:  # bad input: one clear line, no traceback
-        raise SystemExit(f"make_bin: error: {e}")
+    run_cli(main, extra=(ValueError,))  # every ValueError here is about a pairs list or image

@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from tools.make_bin import write_bin
 from utils import synthetic_faces as sf
+from utils.cli import run_cli
 from utils.fileio import atomic_path, atomic_write_bytes, refuse_overwrite
 from utils.recordio import IRHeader, MXIndexedRecordIO, pack
 
@@ -406,4 +407,4 @@ def _json_default(o: Any) -> Any:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

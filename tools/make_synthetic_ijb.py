@@ -32,6 +32,7 @@ from tqdm import tqdm
 from eval.alignment import ARCFACE_TEMPLATE
 from eval.ijb.data import GALLERIES, TARGETS
 from utils import synthetic_faces as sf
+from utils.cli import run_cli
 from utils.fileio import refuse_overwrite
 
 # SeedSequence word keeping IJB subjects and images apart from the training-set streams
@@ -259,4 +260,4 @@ def main(argv: list[str] | None = None) -> list[str]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

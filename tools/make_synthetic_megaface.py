@@ -35,6 +35,7 @@ from tqdm import tqdm
 from eval.alignment import ARCFACE_TEMPLATE
 from eval.megaface.lists import STANDARD_SIZES, write_distractor_list, write_probe_list
 from utils import synthetic_faces as sf
+from utils.cli import run_cli
 from utils.fileio import refuse_overwrite
 
 # SeedSequence words keeping these faces apart from the other synthetic sets' streams
@@ -243,7 +244,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except FileExistsError as e:
-        raise SystemExit(f"error: {e}") from None
+    run_cli(main)

@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 
 from tqdm import tqdm
 
+from utils.cli import run_cli
 from utils.fileio import atomic_path, refuse_overwrite
 from utils.recordio import MXRecordIO, RecordIOError, unpack
 
@@ -106,14 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        idx = rebuild_index(args.rec, args.idx, args.key, args.force, progress=not args.quiet)
-    except (OSError, ValueError) as e:  # RecordIOError is a ValueError
-        print(f"rec2idx: error: {e}", file=sys.stderr)
-        return 1
+    idx = rebuild_index(args.rec, args.idx, args.key, args.force, progress=not args.quiet)
     print(f"wrote {idx}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main, extra=(ValueError,))  # every ValueError here is about the input file

@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 
 import numpy as np
 from tqdm import tqdm
 
+from utils.cli import run_cli
 from utils.dataset import read_property, read_rec_layout
 from utils.fileio import atomic_path, atomic_write_bytes, refuse_overwrite
 from utils.recordio import MXIndexedRecordIO, RecordIOError, pack, unpack
@@ -96,14 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        n = shuffle_rec(args.src_dir, args.dst_dir, args.seed, args.force, progress=not args.quiet)
-    except (OSError, ValueError) as e:
-        print(f"shuffle_rec: error: {e}", file=sys.stderr)
-        return 1
+    n = shuffle_rec(args.src_dir, args.dst_dir, args.seed, args.force, progress=not args.quiet)
     print(f"wrote {n} shuffled images to {args.dst_dir}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main, extra=(ValueError,))  # every ValueError here is about the input files

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from eval.ijb import metrics, report
 from eval.ijb.data import IJBAlignedFaces, IJBMeta, load_meta, load_meta_1n, worker_init
+from utils.cli import run_cli
 from utils.fileio import atomic_path, refuse_overwrite
 
 log = logging.getLogger("eval.ijb")
@@ -346,4 +347,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

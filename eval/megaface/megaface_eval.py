@@ -31,12 +31,12 @@ import json
 import logging
 import os
 import re
-import sys
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from utils.cli import run_cli
 from utils.fileio import atomic_write_bytes
 
 from . import devkit as devkit_mod
@@ -344,13 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m eval.megaface.megaface_eval``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (MegaFaceError, devkit_mod.DevkitError, FileExistsError) as e:
-        logger.error("%s", e)
-        return 1
+    run(args)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -28,12 +28,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
+from utils.cli import run_cli
 from utils.fileio import refuse_overwrite
 
 from .features import load_features, write_features
@@ -213,4 +213,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

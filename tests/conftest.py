@@ -1,0 +1,25 @@
+"""Fixtures shared by several test files."""
+
+from __future__ import annotations
+
+import pytest
+
+from utils.cli import run_cli
+
+
+@pytest.fixture
+def user_error(capsys):
+    """Run a CLI main through utils.cli.run_cli; assert exit status 2 and return its error line."""
+
+    def run(main, argv, extra=()) -> str:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            run_cli(main, [str(a) for a in argv], extra)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2, err
+        assert "Traceback" not in err
+        line = err.strip().splitlines()[-1]
+        assert line.startswith("error: "), err
+        return line
+
+    return run
