@@ -20,7 +20,13 @@ class ElasticMargin(MarginHead):
     arc = True
 
     def __init__(
-        self, in_features: int, out_features: int, s: float = 64.0, m: float = 0.5, std: float = 0.05, plus: bool = False
+        self,
+        in_features: int,
+        out_features: int,
+        s: float = 64.0,
+        m: float = 0.5,
+        std: float = 0.05,
+        plus: bool = False,
     ):
         super().__init__(in_features, out_features, s)
         self.m, self.std, self.plus = float(m), float(std), bool(plus)
@@ -51,6 +57,12 @@ class ElasticCosFace(ElasticMargin):
     arc = False
 
     def __init__(
-        self, in_features: int, out_features: int, s: float = 64.0, m: float = 0.35, std: float = 0.05, plus: bool = False
+        self,
+        in_features: int,
+        out_features: int,
+        s: float = 64.0,
+        m: float = 0.35,
+        std: float = 0.05,
+        plus: bool = False,
     ):
         super().__init__(in_features, out_features, s, m, std, plus)
