@@ -5,7 +5,11 @@
 
 ``--weights`` is one checkpoint or a folder; every ``*.pt``, ``*.pth`` and ``*.onnx`` in it is
 evaluated (this project's checkpoints, ContraFace ``{step}model.pth``, insightface
-``backbone.pth``, ONNX exports). Each ``.bin`` is decoded once for all checkpoints. Torch models
+``backbone.pth``, ONNX exports). In a run folder each step is evaluated once (its
+``backbone-<step>.pth`` rather than its ``checkpoint-<step>.pt``), the results are cached per
+file and target in ``FOLDER/verification_results.json`` (a re-run evaluates only new files or
+targets) and the best step per target and by the mean is reported. Each ``.bin`` needed is
+decoded once for all checkpoints. Torch models
 go through ``eval.verification.test``; ONNX models through the Embedder with the same flip
 protocol (embedding of the image + embedding of its mirror) and ``eval.verification.evaluate``.
 With several GPUs the targets are spread over them (one thread and one model copy per GPU).
@@ -31,7 +35,8 @@ from tqdm import tqdm
 
 from eval import verification
 from eval.embedder import Embedder, load_backbone
-from utils.checkpoint import CheckpointError, step_from_filename
+from eval.steps import ResultCache, best_steps, format_steps, settings_key
+from utils.checkpoint import CheckpointError, is_step_weights, list_step_weights, step_from_filename
 from utils.cli import UsageError, run_cli
 from utils.fileio import atomic_path, refuse_overwrite
 
@@ -52,6 +57,7 @@ log = logging.getLogger("eval.evaluation")
 
 DEFAULT_TARGETS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".onnx")
+CACHE_NAME = "verification_results.json"
 METRICS = ("acc1", "std1", "acc2", "std2", "xnorm")
 
 
@@ -61,22 +67,39 @@ def _natural_key(name: str) -> list:
 
 
 def find_checkpoints(weights: str) -> list[str]:
-    """The checkpoint itself, or every *.pt / *.pth / *.onnx file in a folder (natural order)."""
+    """The checkpoint itself, or a folder's files: one per step (step order), then the other
+    *.pt / *.pth / *.onnx files (natural order)."""
     if os.path.isfile(weights):
         return [weights]
     if not os.path.isdir(weights):
         raise FileNotFoundError(f"--weights {weights}: no such file or folder")
-    found = [
+    steps = [path for _, path in list_step_weights(weights)]
+    others = [
         os.path.join(weights, name)
         for name in os.listdir(weights)
-        if name.lower().endswith(CHECKPOINT_SUFFIXES)
+        if name.lower().endswith(CHECKPOINT_SUFFIXES) and not is_step_weights(name)
         and os.path.isfile(os.path.join(weights, name))
     ]
-    if not found:
+    if not steps and not others:
         raise FileNotFoundError(
             f"--weights {weights}: folder holds no {'/'.join(CHECKPOINT_SUFFIXES)} files"
         )
-    return sorted(found, key=lambda p: _natural_key(os.path.basename(p)))
+    return steps + sorted(others, key=lambda p: _natural_key(os.path.basename(p)))
+
+
+def target_settings(
+    data_dir: str, targets: Sequence[str], nfolds: int, image_size: Sequence[int], model: dict
+) -> dict[str, str]:
+    """Cache key per target: the .bin file (path, size, mtime), the protocol and the model options."""
+    keys = {}
+    for target in targets:
+        path = os.path.abspath(os.path.join(data_dir, f"{target}.bin"))
+        st = os.stat(path)
+        keys[target] = settings_key({
+            "target": target, "bin": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "nfolds": nfolds, "image_size": list(image_size), **model,
+        })
+    return keys
 
 
 def load_targets(
@@ -194,13 +217,36 @@ def evaluate_checkpoints(
     device: str = "auto",
     amp: bool = False,
     skip_unloadable: bool = False,
+    cache: ResultCache | None = None,
+    cache_keys: dict[str, str] | None = None,
 ) -> list[dict]:
-    """Evaluate each checkpoint on every loaded set; one result record per checkpoint."""
+    """Evaluate each checkpoint on every loaded set; one result record per checkpoint.
+
+    With a ``cache`` (and ``cache_keys``, one per target), a (checkpoint, target) found there is
+    taken from it, and only the rest is evaluated and added; ``sets`` need only hold the targets
+    some checkpoint still lacks, in the order of ``cache_keys``.
+    """
     devices = _devices(device)
     records = []
-    bar = tqdm(total=len(checkpoints) * len(sets), desc="evaluating", unit="set")
+    targets = list(cache_keys) if cache_keys else list(sets)
+    bar = tqdm(total=len(checkpoints) * len(targets), desc="evaluating", unit="set")
     for path in checkpoints:
         record: dict[str, Any] = {"checkpoint": path, "name": os.path.basename(path)}
+        cached = {}
+        if cache is not None and cache_keys:
+            for target in targets:
+                hit = cache.get(path, cache_keys[target])
+                if hit is not None:
+                    cached[target] = hit
+        todo = {t: sets[t] for t in targets if t not in cached}
+        if not todo:
+            entry = cache.get(path, "meta") or {}
+            record.update(entry, step=entry.get("step", step_from_filename(path)))
+            _finish(record, {t: cached[t] for t in targets}, cached=len(cached))
+            bar.update(len(targets))
+            records.append(record)
+            continue
+        bar.update(len(cached))
         try:
             if path.lower().endswith(".onnx"):
                 model: Embedder | nn.Module = Embedder.from_onnx(
@@ -221,27 +267,50 @@ def evaluate_checkpoints(
             # A folder may hold files that are not backbones (e.g. ElasticFace {step}header.pth).
             log.warning("skipping %s: %s", path, exc)
             record["error"] = str(exc)
-            bar.update(len(sets))
+            bar.update(len(todo))
             records.append(record)
             continue
         if isinstance(model, Embedder):
             results = {}
-            for target, data_set in sets.items():
+            for target, data_set in todo.items():
                 results[target] = evaluate_onnx(model, data_set, nfolds)
                 bar.update(1)
         else:
-            results = _evaluate_torch(model, sets, devices, batch_size, nfolds, amp, bar)
-        record["results"] = results
-        accuracies = [r["acc2"] for r in results.values()]
-        record["mean_acc2"] = float(np.mean(accuracies)) if accuracies else None
+            results = _evaluate_torch(model, todo, devices, batch_size, nfolds, amp, bar)
+        if cache is not None and cache_keys:
+            meta_keys = ("network", "network_kwargs", "step", "format")
+            cache.put(path, "meta", {k: record[k] for k in meta_keys if k in record})
+            for target, result in results.items():
+                cache.put(path, cache_keys[target], result)
+        _finish(record, {t: cached[t] if t in cached else results[t] for t in targets}, len(cached))
         records.append(record)
         tqdm.write(
             f"{record['name']}: "
-            + ", ".join(f"{t} {r['acc2'] * 100:.2f}" for t, r in results.items())
-            + (f", mean {record['mean_acc2'] * 100:.2f}" if results else "")
+            + ", ".join(f"{t} {r['acc2'] * 100:.2f}" for t, r in record["results"].items())
+            + (f", mean {record['mean_acc2'] * 100:.2f}" if record["results"] else "")
         )
     bar.close()
     return records
+
+
+def _finish(record: dict, results: dict[str, dict], cached: int) -> None:
+    """Store a checkpoint's per-target results, their mean accuracy and how many came from the cache."""
+    record["results"] = results
+    accuracies = [r["acc2"] for r in results.values()]
+    record["mean_acc2"] = float(np.mean(accuracies)) if accuracies else None
+    record["cached_targets"] = cached
+
+
+def best_of(records: Sequence[dict], targets: Sequence[str]) -> dict[str, dict]:
+    """The best checkpoint per target and by the mean of the targets (accuracy with flip)."""
+    return best_steps(_score_rows(records, targets), targets)
+
+
+def _score_rows(records: Sequence[dict], targets: Sequence[str]) -> list[dict]:
+    return [
+        {"step": r.get("step"), "name": r["name"], "scores": {t: r["results"][t]["acc2"] for t in targets}}
+        for r in records if "results" in r
+    ]
 
 
 def format_table(records: Sequence[dict], targets: Sequence[str]) -> str:
@@ -290,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--use-se", action="store_true", help="iresnet with squeeze-and-excitation")
     p.add_argument("--output", default=None, help="write the results as JSON here")
     p.add_argument("--force", action="store_true", help="overwrite --output")
+    p.add_argument("--no-cache", action="store_true",
+                   help=f"for a folder: evaluate every file again (and refresh FOLDER/{CACHE_NAME})")
     return p
 
 
@@ -305,8 +376,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if not targets:
         raise UsageError("--targets is empty")
     checkpoints = find_checkpoints(args.weights)
-    sets, missing = load_targets(args.data_dir, targets, tuple(args.image_size))
-    if not sets:
+    present = [t for t in targets if os.path.isfile(os.path.join(args.data_dir, f"{t}.bin"))]
+    missing = [t for t in targets if t not in present]
+    if not present:
         raise FileNotFoundError(
             f"none of the targets ({', '.join(targets)}) has a .bin in {args.data_dir}"
         )
@@ -314,12 +386,29 @@ def main(argv: Sequence[str] | None = None) -> dict:
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if args.use_se:
         kwargs["use_se"] = True
+    folder = os.path.isdir(args.weights)
+    cache = keys = None
+    if folder:
+        cache = ResultCache(os.path.join(args.weights, CACHE_NAME))
+        model = {"network": args.network, "network_kwargs": kwargs, "amp": args.amp}
+        keys = target_settings(args.data_dir, present, args.nfolds, args.image_size, model)
+        if args.no_cache:
+            cache.entries.clear()
+    # decode only the bins some checkpoint still needs
+    needed = [t for t in present if cache is None or any(cache.get(c, keys[t]) is None for c in checkpoints)]
+    sets, _ = load_targets(args.data_dir, needed, tuple(args.image_size))
     records = evaluate_checkpoints(
         checkpoints, sets, args.network, kwargs, args.batch_size, args.nfolds, args.device,
-        args.amp, skip_unloadable=os.path.isdir(args.weights),
+        args.amp, skip_unloadable=folder, cache=cache, cache_keys=keys,
     )
-    evaluated = list(sets)
-    print(format_table(records, evaluated))
+    evaluated = present
+    if folder:
+        print(format_steps(_score_rows(records, evaluated), evaluated))
+        skipped = [r["name"] for r in records if "error" in r]
+        if skipped:
+            print(f"skipped (not backbones): {', '.join(skipped)}")
+    else:
+        print(format_table(records, evaluated))
     result = {
         "targets": evaluated,
         "missing_targets": missing,
@@ -329,6 +418,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "device": args.device,
         "amp": args.amp,
         "checkpoints": records,
+        "best": best_of(records, evaluated),
     }
     if args.output:
         with atomic_path(args.output) as tmp, open(tmp, "w") as f:

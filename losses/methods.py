@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from losses.contraface import ContraFace
 from losses.heads import HEAD_PARAMS, MarginHead, get_head
+from losses.unimoco import UniMoCo, build_unimoco
 from utils.dataset import get_train_dataset
 from utils.sampler import ResumableBatchSampler, ResumableDistributedSampler
 
@@ -123,7 +124,11 @@ class ContraFaceTraining(SingleBranch):
         return {"margin": self.contra.margin}
 
 
-METHODS: dict[str, type[TrainingMethod]] = {"contraface": ContraFaceTraining, "single": SingleBranch}
+METHODS: dict[str, type[TrainingMethod]] = {
+    "contraface": ContraFaceTraining,
+    "single": SingleBranch,
+    "unimoco": UniMoCo,  # FaceCL's contrastive training (losses/unimoco.py; no margin head)
+}
 
 
 def switch_epoch(cfg: Any) -> int:
@@ -138,6 +143,8 @@ def head_params(cfg: Any) -> dict[str, Any]:
 
 def build_method(cfg: Any, backbone: nn.Module) -> TrainingMethod:
     """The training method named by ``cfg.method``, with its head, from a config."""
+    if cfg.method == "unimoco":
+        return build_unimoco(cfg, backbone)
     head = get_head(cfg.head, cfg.embedding_size, cfg.num_classes, **head_params(cfg))
     if cfg.method == "single":
         return SingleBranch(backbone, head, dropout=cfg.dropout)

@@ -23,3 +23,14 @@ def user_error(capsys):
         return line
 
     return run
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run faster on one thread, and do not stall when the CPU is oversubscribed."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

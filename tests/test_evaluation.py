@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 
 import cv2
@@ -242,3 +243,54 @@ def test_targets_spread_over_devices_give_the_same_numbers(bins):
     for target in sets:
         assert two[target]["acc2"] == one[target]["acc2"]
         assert two[target]["xnorm"] == pytest.approx(one[target]["xnorm"], rel=1e-6)
+
+
+# -- run folders -------------------------------------------------------------------------------
+
+
+def test_run_folder_each_step_cached_and_best(tmp_path, bins, monkeypatch, capsys, one_torch_thread):
+    run = tmp_path / "run"
+    run.mkdir()
+    models = {100: tiny(11), 200: tiny(12), 300: tiny(13)}
+    torch.save(models[100].state_dict(), run / "backbone-100.pth")  # what train.py writes per evaluation
+    torch.save(models[200].state_dict(), run / "backbone-200.pth")
+    torch.save({"format": "junk"}, run / "checkpoint-200.pt")  # same step: the backbone file is used
+    torch.save({f"backbone.{k}": v for k, v in models[300].state_dict().items()}, run / "300model.pth")
+    loads = []
+    real = evaluation.load_backbone
+    monkeypatch.setattr(evaluation, "load_backbone", lambda path, *a, **k: loads.append(path) or real(path, *a, **k))
+    argv = ["--weights", str(run), "--data-dir", str(bins), "--targets", "lfw,cfp_fp", "--batch-size", "40",
+            "--device", "cpu"]
+    result = evaluation.main(argv)
+    assert [r["name"] for r in result["checkpoints"]] == ["backbone-100.pth", "backbone-200.pth", "300model.pth"]
+    assert [r["step"] for r in result["checkpoints"]] == [100, 200, 300] and len(loads) == 3
+    acc = {(step, t): verification.test(verification.load_bin(bins / f"{t}.bin"), m, 40, 10, device="cpu")[2]
+           for step, m in models.items() for t in ("lfw", "cfp_fp")}
+    for record in result["checkpoints"]:
+        for t in ("lfw", "cfp_fp"):
+            assert record["results"][t]["acc2"] == pytest.approx(acc[record["step"], t], abs=1e-12)
+    for t in ("lfw", "cfp_fp"):
+        step = max(models, key=lambda s: (acc[s, t], -s))  # the highest; the earliest on ties
+        assert result["best"][t]["step"] == step and result["best"][t]["value"] == pytest.approx(acc[step, t])
+    means = {s: (acc[s, "lfw"] + acc[s, "cfp_fp"]) / 2 for s in models}
+    best_mean = max(models, key=lambda s: (means[s], -s))
+    assert result["best"]["mean"]["step"] == best_mean
+    table = capsys.readouterr().out
+    assert "backbone-200.pth" in table and f"{means[best_mean] * 100:.2f} @{best_mean}" in table
+
+    # again: everything from the cache beside the weights, nothing loaded
+    loads.clear()
+    again = evaluation.main(argv)
+    assert loads == [] and (run / "verification_results.json").is_file()
+    assert [r["results"] for r in again["checkpoints"]] == [r["results"] for r in result["checkpoints"]]
+    assert all(r["cached_targets"] == 2 for r in again["checkpoints"])
+    # a changed file, a new step and a new target: only what is missing is evaluated
+    os.utime(run / "backbone-100.pth", ns=(1, 1))
+    torch.save(tiny(14).state_dict(), run / "backbone-400.pth")
+    write_bin(bins / "agedb_30.bin", seed=12)
+    evaluation.main(argv[:5] + ["lfw,cfp_fp,agedb_30"] + argv[6:])
+    assert [os.path.basename(p) for p in loads] == ["backbone-100.pth", "backbone-200.pth", "300model.pth",
+                                                    "backbone-400.pth"]
+    loads.clear()
+    final = evaluation.main(argv[:5] + ["lfw,cfp_fp,agedb_30"] + argv[6:])
+    assert loads == [] and [r["cached_targets"] for r in final["checkpoints"]] == [3, 3, 3, 3]

@@ -36,6 +36,8 @@ __all__ = [
     "infer_network",
     "read_checkpoint_meta",
     "step_from_filename",
+    "is_step_weights",
+    "list_step_weights",
     "export_backbone",
 ]
 
@@ -315,6 +317,47 @@ def step_from_filename(path: str | os.PathLike) -> int | None:
     """The training step in a checkpoint's name (``12000model.pth``, ``checkpoint-12000.pt``)."""
     match = _STEP_IN_NAME.search(os.path.basename(os.fspath(path)))
     return int(match.group(1)) if match else None
+
+
+# Per-step weight files of a run folder, most preferred first when several share a step: the
+# small backbone snapshots before the training checkpoints (same backbone, 3-4x the bytes).
+_STEP_FILES = (
+    re.compile(r"^backbone-(\d+)\.pth$"),  # this project, one per evaluation step
+    re.compile(r"^(\d+)model\.pth$"),  # the original ContraFace
+    re.compile(r"^(\d+)backbone\.pth$"),  # ElasticFace
+    re.compile(r"^checkpoint-(\d+)\.pt$"),  # this project's training checkpoints
+)
+
+
+def _step_file(name: str) -> tuple[int, int] | None:
+    """(step, preference rank) when ``name`` is a per-step weight file name, else None."""
+    for rank, pattern in enumerate(_STEP_FILES):
+        match = pattern.match(name)
+        if match:
+            return int(match.group(1)), rank
+    return None
+
+
+def is_step_weights(name: str) -> bool:
+    """Whether a file name is one :func:`list_step_weights` recognises."""
+    return _step_file(os.path.basename(name)) is not None
+
+
+def list_step_weights(folder: str | os.PathLike) -> list[tuple[int, str]]:
+    """(step, path) of a run folder's per-step weight files, one per step, in step order.
+
+    Recognised names: ``backbone-<step>.pth``, ``<step>model.pth``, ``<step>backbone.pth`` and
+    ``checkpoint-<step>.pt``; where a step has several, the first of these is taken.
+    """
+    folder = os.fspath(folder)
+    best: dict[int, tuple[int, str]] = {}
+    for name in os.listdir(folder):
+        found = _step_file(name)
+        if found and os.path.isfile(os.path.join(folder, name)):
+            step, rank = found
+            if step not in best or rank < best[step][0]:
+                best[step] = (rank, os.path.join(folder, name))
+    return [(step, best[step][1]) for step in sorted(best)]
 
 
 def read_checkpoint_meta(path: str | os.PathLike) -> dict:

@@ -1,0 +1,120 @@
+"""Evaluating a run folder step by step: a result cache per weight file, the best step, a table.
+
+The three evaluators (``eval.evaluation``, ``eval.ijb.ijb_eval``, ``eval.megaface.megaface_eval``)
+accept a run folder as ``--weights``: each per-step weight file (``utils.checkpoint.
+list_step_weights``) is evaluated once; its results are cached in a JSON file keyed by the file's
+name, size and modification time and by the evaluation's settings, so a re-run evaluates only the
+files that are new or changed. The report is one row per step and the best step per metric and
+by the mean of the metrics (the paper's tables are each benchmark's best over epochs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from typing import Any, Mapping, Sequence
+
+from utils.fileio import atomic_write_bytes
+
+__all__ = ["settings_key", "ResultCache", "best_steps", "format_steps"]
+
+log = logging.getLogger(__name__)
+
+
+def settings_key(settings: Mapping[str, Any]) -> str:
+    """A short stable hash of what, besides the weights, determines a result."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class ResultCache:
+    """Results per (weight file, settings) in one JSON file; an entry is valid while the file is unchanged."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)
+        self.entries: dict[str, dict] = {}
+        if os.path.isfile(self.path):
+            try:
+                with open(self.path, encoding="utf-8") as f:
+                    self.entries = json.load(f)["entries"]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                # a cache is only a shortcut: a broken one means evaluating again, not failing
+                log.warning("%s: unreadable result cache (%s); starting a new one", self.path, exc)
+
+    @staticmethod
+    def _key(weights: str, settings: str) -> str:
+        return f"{os.path.basename(weights)}|{settings}"
+
+    @staticmethod
+    def _stamp(weights: str) -> dict[str, int]:
+        st = os.stat(weights)
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+    def get(self, weights: str, settings: str) -> Any | None:
+        """The cached result of ``weights`` under ``settings``, or None (absent or file changed)."""
+        entry = self.entries.get(self._key(weights, settings))
+        if entry is None or entry.get("stamp") != self._stamp(weights):
+            return None
+        return entry["result"]
+
+    def put(self, weights: str, settings: str, result: Any) -> None:
+        """Remember ``result`` and write the cache file at once (a crash keeps what was done)."""
+        self.entries[self._key(weights, settings)] = {"stamp": self._stamp(weights), "result": result}
+        try:
+            data = json.dumps({"entries": self.entries}, indent=1, sort_keys=True).encode()
+            atomic_write_bytes(self.path, data)
+        except OSError as exc:  # e.g. a read-only run folder: the results are still reported
+            log.warning("%s: cannot write the result cache (%s)", self.path, exc)
+
+
+def best_steps(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> dict[str, dict]:
+    """The best row per metric (highest value) and by the mean of ``metrics``.
+
+    ``rows``: ``{"step", "name", "scores": {metric: value}}``; a row missing a metric does not
+    compete for it, nor for the mean. Returns ``{metric or "mean": {"step", "name", "value"}}``;
+    ties go to the earlier step.
+    """
+    best: dict[str, dict] = {}
+
+    def offer(key: str, row: Mapping[str, Any], value: float) -> None:
+        if key not in best or value > best[key]["value"]:
+            best[key] = {"step": row.get("step"), "name": row["name"], "value": value}
+
+    for row in rows:
+        scores = row.get("scores") or {}
+        for metric in metrics:
+            if scores.get(metric) is not None:
+                offer(metric, row, float(scores[metric]))
+        if metrics and all(scores.get(m) is not None for m in metrics):
+            offer("mean", row, sum(float(scores[m]) for m in metrics) / len(metrics))
+    return best
+
+
+def format_steps(
+    rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], scale: float = 100.0, digits: int = 2
+) -> str:
+    """A step x metric table (values x ``scale``) with the mean, then the best step per column."""
+    best = best_steps(rows, metrics)
+    header = ["step", "file", *metrics, "mean"]
+    cells = []
+    for row in rows:
+        scores = row.get("scores") or {}
+        values = [scores.get(m) for m in metrics]
+        mean = sum(values) / len(values) if values and None not in values else None
+        cells.append([
+            "-" if row.get("step") is None else str(row["step"]), row["name"],
+            *("-" if v is None else f"{v * scale:.{digits}f}" for v in [*values, mean]),
+        ])
+    best_row = ["best", ""]
+    for key in [*metrics, "mean"]:
+        b = best.get(key)
+        best_row.append("-" if b is None else f"{b['value'] * scale:.{digits}f} @{b['step']}")
+    table = [header, *cells, best_row]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+
+    def line(row: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 1 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+
+    rule = line(["-" * w for w in widths])
+    return "\n".join([line(header), rule, *map(line, cells), rule, line(best_row)])
