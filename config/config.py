@@ -48,6 +48,23 @@ config.contra_ema = 0.99  # margin update m <- contra_ema * m_batch + (1 - contr
 config.switch_epoch = None  # 0-based epoch stage 2 starts; None = shrink_epoch[0] - 1 (the first LR decay)
 config.single = False  # ablation (the original's `single = True`): stage 2 switches dropout, keeps one branch
 
+# --- UniMoCo (FaceCL) ------------------------------------------------------------------------
+# method = "unimoco": query encoder = the network + a projection, momentum key encoder, a queue of
+# moco_k keys with their labels, UnifiedContrastive loss (losses/unimoco.py). FaceCL's presets:
+# configs/ms1mv3_r50_unimoco.py (python train_unimoco.py configs/ms1mv3_r50_unimoco). Trains
+# without dropout and without the margin head; `head`, `s`, `m`, `dropout` do not apply.
+config.moco_dim = 128  # projection output (the contrastive feature)
+config.moco_k = 65536  # queue length; a multiple of the global batch (batch_size x processes)
+config.moco_m = 0.999  # key encoder momentum: theta_k <- m theta_k + (1 - m) theta_q
+config.moco_t = 0.07  # temperature of the logits q . queue / T
+config.moco_mlp = None  # projection: None = Linear; "same_in" / "same_out" / int = Linear-ReLU-Linear of that width
+config.unimoco_margin = 0.0  # FaceCL's loss_margin, added to the negatives' logits
+config.own_key_positive = False  # UniMoCo paper's variant: own key an extra positive (for unlabelled data)
+config.samples_per_label = 2  # images of one class per batch group (batch_size must be a multiple)
+config.augmentation = "MoCo2_NoCrop"  # the two views: MoCo2 | MoCo2_NoCrop | ArcFace (flip only)
+config.scheduler = "step"  # LR schedule: step (shrink_epoch, warm-up) | cos | poly (FaceCL's, per step)
+config.dali = False  # FaceCL's DALI loader is not offered: True is refused
+
 # --- network -------------------------------------------------------------------------------
 config.embedding_size = 512
 config.use_se = False  # squeeze-and-excitation blocks in the iresnet

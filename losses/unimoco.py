@@ -24,8 +24,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
-__all__ = ["UniMoCo", "UnifiedContrastive", "batch_shuffle", "batch_unshuffle", "make_projection"]
+from utils.sampler import DistributedClassGroupSampler
+from utils.views import two_view_train_set
+
+__all__ = ["UniMoCo", "UnifiedContrastive", "batch_shuffle", "batch_unshuffle", "build_unimoco", "make_projection"]
 
 
 class UnifiedContrastive(nn.Module):
@@ -178,6 +182,15 @@ class UniMoCo(nn.Module):
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
         self._queue_synced = False
 
+    @classmethod
+    def train_data(cls, cfg: Any, env: Any) -> tuple[Dataset, DistributedClassGroupSampler]:
+        """Two augmented views per image, in FaceCL's class-group batches for this rank."""
+        dataset = two_view_train_set(cfg.rec, cfg.num_classes or None, cfg.augmentation, seed=cfg.seed)
+        batches = DistributedClassGroupSampler(
+            dataset.labels, cfg.batch_size, cfg.samples_per_label, env.world_size, env.rank, seed=cfg.seed
+        )
+        return dataset, batches
+
     def _query_params(self) -> list[nn.Parameter]:
         return [*self.backbone.parameters(), *self.projection_q.parameters()]
 
@@ -256,7 +269,7 @@ class UniMoCo(nn.Module):
         logits, targets = self.logits_and_targets(q, k, labels)
         loss = self.criterion(logits, targets)
         positives = targets.sum(1).mean()
-        return {"loss": loss, "logs": {"LU": loss.detach(), "AvgPos": positives.detach()}}
+        return {"loss": loss, "logs": {"AvgPos": positives.detach()}}  # the trainer logs the loss
 
     @torch.no_grad()
     def queue_stats(self) -> dict[str, torch.Tensor]:
@@ -283,3 +296,30 @@ class UniMoCo(nn.Module):
     def extra_state(self) -> dict[str, torch.Tensor]:
         """Scalars to log beside the losses: the queue statistics (read every ``frequent`` steps)."""
         return self.queue_stats()
+
+
+def build_unimoco(cfg: Any, backbone: nn.Module) -> UniMoCo:
+    """UniMoCo from a config (the UniMoCo section of config/config.py), for this process group."""
+    from utils.config import ConfigError  # utils.config imports losses lazily: no cycle
+
+    world, _ = _world()
+    global_batch = cfg.batch_size * world
+    if cfg.moco_k % global_batch:
+        raise ConfigError(
+            f"moco_k {cfg.moco_k} is not a multiple of the global batch {global_batch} "
+            f"(batch_size {cfg.batch_size} x {world} processes): the queue would be overwritten unevenly"
+        )
+    # FaceCL builds its encoders without dropout; `dropout` is ContraFace's stage-1 setting
+    backbone.dropout_p = 0.0
+    return UniMoCo(
+        backbone,
+        embedding_size=cfg.embedding_size,
+        dim=cfg.moco_dim,
+        K=cfg.moco_k,
+        m=cfg.moco_m,
+        T=cfg.moco_t,
+        mlp=cfg.moco_mlp,
+        margin=cfg.unimoco_margin,
+        own_key_positive=cfg.own_key_positive,
+        num_classes=cfg.num_classes,
+    )

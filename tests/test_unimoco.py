@@ -2,6 +2,7 @@
 
 import math
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,8 +12,11 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from backbones import get_backbone
-from losses import UnifiedContrastive
+from losses import UnifiedContrastive, build_method
 from losses.unimoco import UniMoCo, batch_shuffle, batch_unshuffle, make_projection
+from utils.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def facecl_loss(logits, targets, margin=0.0):
@@ -314,3 +318,61 @@ def test_two_gloo_processes_match_single_process_reference(tmp_path):
     for name in grads:
         torch.testing.assert_close(ranks[0]["grads"][name], grads[name], rtol=1e-3, atol=atol)
         torch.testing.assert_close(ranks[1]["grads"][name], ranks[0]["grads"][name], rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------------------------
+# config: presets and bad input
+# --------------------------------------------------------------------------------------------
+PRESETS = ROOT / "configs"
+
+
+def test_presets_load_with_facecl_values():
+    cfg = load_config(str(PRESETS / "ms1mv3_r50_unimoco.py"))
+    assert (cfg.method, cfg.network, cfg.dataset, cfg.num_classes, cfg.num_image) == (
+        "unimoco", "iresnet50", "ms1mv3", 93431, 5179510
+    )
+    assert (cfg.batch_size, cfg.samples_per_label, cfg.lr, cfg.momentum, cfg.weight_decay) == (8, 2, 0.2, 0.9, 5e-4)
+    assert (cfg.grad_clip, cfg.scheduler, cfg.num_epoch, cfg.moco_dim, cfg.moco_k) == (0.0, "cos", 25, 128, 65536)
+    assert (cfg.moco_t, cfg.moco_m, cfg.moco_mlp, cfg.augmentation) == (0.07, 0.999, None, "MoCo2_NoCrop")
+    assert cfg.val_targets == ["lfw", "cfp_fp", "agedb_30"] and cfg.output == "work_dirs/ms1mv3_r50_unimoco"
+    synthetic = load_config(str(PRESETS / "synthetic_r50_unimoco.py"))
+    assert (synthetic.rec, synthetic.network, synthetic.network_width, synthetic.batch_size) == (
+        "data/synthetic", "iresnet50", 64, 8
+    )
+    cpu = load_config(str(PRESETS / "synthetic_unimoco_cpu.py"))
+    assert (cpu.network, cpu.network_width, cpu.moco_k % cpu.batch_size) == ("iresnet18", 8, 0)
+    # every key of config/config.py exists in a preset
+    assert set(load_config()) == set(cfg) == set(cpu)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("samples_per_label=3", "batch_size 8 is not a multiple of samples_per_label 3"),
+        ("moco_mlp=True", "moco_mlp = True: use None"),
+        ("moco_mlp=wide", "moco_mlp 'wide': use None, 'same_in', 'same_out'"),
+        ("dali=True", "dali = True: FaceCL's DALI loader is not offered"),
+        ("augmentation=MoCo3", "augmentation 'MoCo3' is not one of MoCo2, MoCo2_NoCrop, ArcFace"),
+        ("scheduler=cosine", "scheduler 'cosine' is not one of step, cos, poly"),
+        ("moco_t=0.0", "moco_t must be positive"),
+    ],
+)
+def test_bad_config_values(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(str(PRESETS / "ms1mv3_r50_unimoco.py"), overrides=[override])
+
+
+def test_queue_not_a_multiple_of_the_global_batch():
+    cfg = load_config(str(PRESETS / "synthetic_unimoco_cpu.py"), overrides=["moco_k=1000", "num_classes=10"])
+    with pytest.raises(ConfigError, match="moco_k 1000 is not a multiple of the global batch 64 \\(batch_size 64 x 1"):
+        build_method(cfg, get_backbone("iresnet18", width=4, num_features=16))
+
+
+def test_build_method_from_a_preset():
+    cfg = load_config(
+        str(PRESETS / "synthetic_unimoco_cpu.py"), overrides=["embedding_size=16", "moco_mlp=same_out", "num_classes=10"]
+    )
+    method = build_method(cfg, get_backbone("iresnet18", width=4, num_features=16, dropout=0.4))
+    assert isinstance(method, UniMoCo) and method.backbone.dropout_p == 0.0  # FaceCL: no dropout
+    assert method.queue.shape == (128, 4096) and method.T == 0.07 and method.m == 0.999
+    assert [m.out_features for m in method.projection_q[::2]] == [128, 128]

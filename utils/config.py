@@ -154,7 +154,55 @@ def validate(cfg: edict) -> edict:
         raise ConfigError(f"switch_epoch must be a 0-based epoch index or None, got {cfg.switch_epoch!r}")
     if cfg.init_weights and not os.path.isfile(cfg.init_weights):
         raise ConfigError(f"init_weights {cfg.init_weights!r}: file not found")
+    _check_unimoco(cfg)
     return cfg
+
+
+UNIMOCO_KEYS = (
+    "moco_dim", "moco_k", "moco_m", "moco_t", "moco_mlp", "unimoco_margin", "own_key_positive",
+    "samples_per_label", "augmentation",
+)
+
+
+def _check_unimoco(cfg: edict) -> None:
+    """The UniMoCo (FaceCL) keys; K against the global batch is checked where the world size is known."""
+    from utils.lr_schedule import SCHEDULES
+    from utils.views import AUGMENTATIONS
+
+    scheduler = cfg.get("scheduler", "step")
+    if scheduler not in SCHEDULES:
+        raise ConfigError(f"scheduler {scheduler!r} is not one of {', '.join(SCHEDULES)}")
+    if cfg.get("dali"):
+        raise ConfigError(
+            "dali = True: FaceCL's DALI loader is not offered (it gave one view and no class groups, "
+            "so UniMoCo never trained with it); set dali = False"
+        )
+    if isinstance(cfg.get("moco_mlp"), bool):
+        raise ConfigError(
+            f"moco_mlp = {cfg.moco_mlp}: use None (one linear layer), 'same_in', 'same_out' or a hidden width"
+        )
+    if cfg.method != "unimoco":
+        return
+    missing = [key for key in UNIMOCO_KEYS if key not in cfg]
+    if missing:
+        raise ConfigError(f"method 'unimoco' needs the keys {', '.join(missing)} (see config/config.py, UniMoCo)")
+    mlp = cfg.moco_mlp
+    if not (mlp in (None, "same_in", "same_out") or (isinstance(mlp, int) and mlp > 0)):
+        raise ConfigError(f"moco_mlp {mlp!r}: use None, 'same_in', 'same_out' or a positive hidden width")
+    if cfg.augmentation not in AUGMENTATIONS:
+        raise ConfigError(f"augmentation {cfg.augmentation!r} is not one of {', '.join(AUGMENTATIONS)}")
+    for key in ("moco_dim", "moco_k", "samples_per_label"):
+        if not isinstance(cfg[key], int) or cfg[key] <= 0:
+            raise ConfigError(f"{key} must be a positive integer, got {cfg[key]!r}")
+    if cfg.batch_size % cfg.samples_per_label:
+        raise ConfigError(
+            f"batch_size {cfg.batch_size} is not a multiple of samples_per_label {cfg.samples_per_label}: "
+            "a UniMoCo batch holds whole groups of one class"
+        )
+    if not 0.0 <= cfg.moco_m <= 1.0:
+        raise ConfigError(f"moco_m must be in [0, 1], got {cfg.moco_m!r}")
+    if not cfg.moco_t > 0:
+        raise ConfigError(f"moco_t must be positive, got {cfg.moco_t!r}")
 
 
 def load_config(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 Schedule = Callable[[int], float]
@@ -26,8 +27,42 @@ def _step_schedule(cfg: Any, steps_per_epoch: int) -> Schedule:
     return lambda step: lr_factor(step, steps_per_epoch, cfg.shrink_epoch, cfg.warmup_epoch)
 
 
+def cosine_factor(step: int, total_steps: int) -> float:
+    """FaceCL's ``cos``: CosineAnnealingLR(T_max=total_steps, eta_min=0) stepped once per step, no warm-up."""
+    return 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+
+
+def poly_factor(step: int, total_steps: int, warmup_steps: int, power: float = 2.0) -> float:
+    """FaceCL's ``poly`` (PolyScheduler): linear warm-up from 0, then (1 - progress) ** power.
+
+    As FaceCL computes it for the step's LR: ``step / warmup_steps`` during the warm-up (so the
+    first step has LR 0), then ``(1 - (step - warmup) / (total - warmup)) ** 2``. FaceCL's class
+    no longer constructs on current torch (it passes the removed ``verbose`` argument); this is
+    its formula as a plain function.
+    """
+    if step < warmup_steps:
+        return step / warmup_steps
+    return (1.0 - (step - warmup_steps) / (total_steps - warmup_steps)) ** power
+
+
+def _cos_schedule(cfg: Any, steps_per_epoch: int) -> Schedule:
+    total = steps_per_epoch * cfg.num_epoch
+    return lambda step: cosine_factor(step, total)
+
+
+def _poly_schedule(cfg: Any, steps_per_epoch: int) -> Schedule:
+    total, warmup = steps_per_epoch * cfg.num_epoch, int(steps_per_epoch * cfg.warmup_epoch)
+    if warmup >= total:
+        raise ValueError(f"warmup_epoch {cfg.warmup_epoch} leaves no step after the warm-up (num_epoch {cfg.num_epoch})")
+    return lambda step: poly_factor(step, total, warmup)
+
+
 # name -> builder(cfg, steps_per_epoch) -> schedule; methods pick theirs with cfg.scheduler
-SCHEDULES: dict[str, Callable[[Any, int], Schedule]] = {"step": _step_schedule}
+SCHEDULES: dict[str, Callable[[Any, int], Schedule]] = {
+    "step": _step_schedule,
+    "cos": _cos_schedule,  # FaceCL / UniMoCo
+    "poly": _poly_schedule,  # FaceCL / UniMoCo
+}
 
 
 def build_lr_schedule(cfg: Any, steps_per_epoch: int) -> Schedule:

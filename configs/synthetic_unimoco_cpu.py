@@ -1,0 +1,31 @@
+"""UniMoCo sized for a CPU in minutes (scripts/quickstart_unimoco.sh): the synthetic faces, iresnet18 at width 8.
+
+    python train_unimoco.py configs/synthetic_unimoco_cpu
+
+FaceCL's recipe (configs/ms1mv3_r50_unimoco.py) with what a 2-core CPU can do: one process with
+the global batch of FaceCL's 8 GPUs (64 = 8 x 8, so lr 0.2 stays FaceCL's), a queue of 4096 keys
+(a third of an epoch of the 12,000-image quickstart set instead of 65536, so that it is refreshed
+within the short run) and 3 epochs.
+"""
+
+import copy
+import os
+import runpy
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_BASE = runpy.run_path(os.path.join(_HERE, os.pardir, "config", "config.py"))
+_RECIPE = runpy.run_path(os.path.join(_HERE, "ms1mv3_r50_unimoco.py"))["config"]
+DATASETS = _BASE["DATASETS"]
+config = copy.deepcopy(_RECIPE)
+config.update(copy.deepcopy(DATASETS["synthetic"]))  # iresnet18, width 8, rec data/synthetic
+config.dataset = "synthetic"
+config.batch_size = 64
+config.lr = 0.2
+config.num_epoch = 3
+config.moco_k = 4096
+config.num_workers = 1
+config.frequent = 20
+config.eval_step = 0  # once per epoch
+config.eval_batch_size = 64
+config.val_targets = ["lfw", "cfp_fp", "agedb_30", "calfw", "cplfw"]
+config.output = "work_dirs/synthetic_unimoco_cpu"
