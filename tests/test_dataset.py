@@ -99,7 +99,7 @@ def test_fixture_dataset():
     r = MXIndexedRecordIO(FIXTURES / "train.idx", FIXTURES / "train.rec", "r")
     for i in (0, 4, 19):  # 0 and 4 have array labels
         x, y = ds[i]
-        assert x.shape == (3, 112, 112) and x.dtype == torch.uint8 and x.is_contiguous()
+        assert x.shape == (3, 112, 112) and x.dtype == torch.uint8
         assert y.dtype == torch.int64 and y.shape == () and int(y) == labels[i]
         payload = unpack(r.read_idx(i + 1))[1]
         assert hashlib.sha256(payload).hexdigest() == expected[i]["payload_sha256"]
@@ -118,6 +118,18 @@ def test_tiny_rec_labels_pixels_and_rgb(tmp_path):
         x, y = ds[i]
         assert int(y) == ds.labels[i]
         np.testing.assert_array_equal(x.numpy(), expected_tensor(images[i]))
+
+
+def test_memory_mapped_reads_equal_the_reader(tmp_path):
+    write_rec(tmp_path, LABELS)
+    ds = MXFaceDataset(tmp_path, augment=False)
+    for key in ds.keys.tolist():
+        header, payload = unpack(ds.record.read_idx(key))
+        label, data = ds._read_mapped(key)
+        assert label == (header.label if header.flag == 0 else header.label[0])
+        assert data.tobytes() == payload
+    ds2 = pickle.loads(pickle.dumps(ds))  # the map is not pickled; the copy maps the file again
+    assert ds2._map is None and torch.equal(ds2[2][0], ds[2][0]) and ds2._map
 
 
 def test_pure_red_is_channel_0(tmp_path):
@@ -414,6 +426,23 @@ def test_loader_matches_dataset(rec_ds, num_workers, background):
         for (x, y), (ex, ey) in zip(batches, expected):
             assert torch.equal(x, ex) and torch.equal(y, ey)
     assert not background or loader._producer is not None
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_collate_faces_batches_channels_last_and_normalises_to_nchw(rec_ds, num_workers):
+    rec_ds.set_epoch(1)
+    loader = DataLoaderX("cpu", dataset=rec_ds, batch_size=4, num_workers=num_workers)
+    x, y = next(iter(loader))
+    ex, ey = direct(rec_ds, range(4))  # torch.stack of the items: a contiguous NCHW copy
+    assert x.shape == (4, 3, 112, 112) and x.dtype == torch.uint8 and torch.equal(x, ex) and torch.equal(y, ey)
+    assert x.is_contiguous(memory_format=torch.channels_last)  # one HWC copy per image, no CHW pass
+    z = normalize_batch(x)
+    assert z.is_contiguous() and torch.equal(z, normalize_batch(ex))
+    # a user's default_collate still gets a list of samples from the batched read
+    dx, dy = torch.utils.data.default_collate(rec_ds.__getitems__([0, 1, 2, 3]))
+    assert torch.equal(dx, ex) and torch.equal(dy, ey)
+    # anything else is batched as default_collate does
+    assert torch.equal(dataset_mod.collate_faces([(torch.zeros(3, 2, 2), 1)] * 2)[0], torch.zeros(2, 3, 2, 2))
 
 
 def test_persistent_workers_see_set_epoch(rec_ds):
