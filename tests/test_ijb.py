@@ -483,3 +483,44 @@ def test_cli_help_and_import_has_no_side_effects():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "--test-modes" in out.stdout, out.stderr
+
+
+def test_cli_run_folder_each_step_cached_and_best(ijb_tree, tmp_path, monkeypatch, capsys, one_torch_thread):
+    from backbones import get_backbone
+    from eval.embedder import Embedder
+    from eval.ijb import ijb_eval
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for step, seed in ((10, 1), (20, 2)):
+        torch.manual_seed(seed)
+        torch.save(get_backbone("iresnet18", width=8, num_features=32).state_dict(), run / f"backbone-{step}.pth")
+    (run / "checkpoint-20.pt").write_bytes(b"same step as backbone-20.pth: not read")
+    loads = []
+    real_load = Embedder.load.__func__
+    spy = classmethod(lambda cls, *a, **k: loads.append(a[0]) or real_load(cls, *a, **k))
+    monkeypatch.setattr(Embedder, "load", spy)
+    out = tmp_path / "out"
+    argv = cli_args(run, ijb_tree, out, "--mode", "both", "--test-modes", "N1D1F1")
+    summary = ijb_eval.main(argv)
+    assert [os.path.basename(p) for p in loads] == ["backbone-10.pth", "backbone-20.pth"]
+    assert summary["metrics"] == ["N1D1F1 TAR@1e-05", "N1D1F1 TAR@0.0001", "N1D1F1 rank-1"]
+    for row in summary["steps"]:  # the per-step numbers are those of the per-file result
+        one = json.loads((out / f"IJBC_backbone-{row['step']}_both.json").read_text())
+        assert row["scores"] == {
+            "N1D1F1 TAR@1e-05": one["1v1"]["N1D1F1"]["tar_at_far"]["1e-05"],
+            "N1D1F1 TAR@0.0001": one["1v1"]["N1D1F1"]["tar_at_far"]["0.0001"],
+            "N1D1F1 rank-1": one["1vN"]["N1D1F1"]["closed_G1+G2"]["rank"]["1"],
+        }
+    for metric in summary["metrics"]:
+        values = {r["step"]: r["scores"][metric] for r in summary["steps"]}
+        best = max(values, key=lambda s: (values[s], -s))
+        assert summary["best"][metric] == {"step": best, "name": f"backbone-{best}.pth", "value": values[best]}
+    assert json.loads((out / "IJBC_steps_both.json").read_text())["best"] == summary["best"]
+    assert "backbone-20.pth" in capsys.readouterr().out
+    # a re-run takes every step from the cache; a changed file is evaluated again
+    loads.clear()
+    assert ijb_eval.main(argv)["steps"] == summary["steps"] and loads == []
+    os.utime(run / "backbone-10.pth", ns=(1, 1))
+    assert ijb_eval.main(argv)["steps"] == summary["steps"]
+    assert [os.path.basename(p) for p in loads] == ["backbone-10.pth"]

@@ -558,3 +558,37 @@ def test_cli_devkit(synth, tmp_path, tiny_net):
     clean = read_bin(feature_path(str(out / "features_clean" / "megaface"), noisy, "tiny"))
     assert clean.shape == (33,) and clean[-1] == 100.0
     assert res["devkit"]["12"]["rank1"] == pytest.approx(0.512)
+
+
+def test_cli_run_folder_each_step_cached_and_best(synth, tmp_path, capsys, monkeypatch, one_torch_thread):
+    from eval.embedder import Embedder
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for step, seed in ((100, 1), (200, 2)):
+        torch.manual_seed(seed)
+        model = get_backbone("iresnet18", width=8, num_features=32)
+        torch.save({f"backbone.{k}": v for k, v in model.state_dict().items()}, run / f"{step}model.pth")
+    loads = []
+    real_load = Embedder.load.__func__
+    spy = classmethod(lambda cls, *a, **k: loads.append(a[0]) or real_load(cls, *a, **k))
+    monkeypatch.setattr(Embedder, "load", spy)
+    out = tmp_path / "out"
+    argv = ["--weights", str(run), "--facescrub-root", str(synth / "facescrub_images"),
+            "--megaface-root", str(synth / "megaface_images"), "--output", str(out),
+            "--num-workers", "0", "--sizes", "10", "--max-rank", "5", "--fars", "0.1", "--device", "cpu"]
+    assert megaface_eval.main(argv) == 0
+    summary = json.loads((out / "megaface_steps.json").read_text())
+    assert [r["name"] for r in summary["steps"]] == ["100model.pth", "200model.pth"]
+    assert summary["metrics"] == ["rank-1@10", "TAR@0.1@10"]
+    for row in summary["steps"]:  # each step's numbers are its own result file's
+        one = json.loads((out / f"megaface_{row['step']}model.json").read_text())["sizes"]["10"]
+        assert row["scores"] == {"rank-1@10": one["rank1"], "TAR@0.1@10": one["verification"]["tar"][0]}
+    for metric in summary["metrics"]:
+        values = {r["step"]: r["scores"][metric] for r in summary["steps"]}
+        best = max(values, key=lambda s: (values[s], -s))
+        assert summary["best"][metric] == {"step": best, "name": f"{best}model.pth", "value": values[best]}
+    assert "200model.pth" in capsys.readouterr().out
+    loads.clear()
+    assert megaface_eval.main(argv) == 0 and loads == []  # every step from the cache
+    assert json.loads((out / "megaface_steps.json").read_text())["steps"] == summary["steps"]

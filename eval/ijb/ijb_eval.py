@@ -6,11 +6,18 @@
 Image features (and their mirrors) are cached in OUT/cache, keyed by the weights file (path,
 size, mtime), the network and the image list, so a re-run skips extraction; 1:1 scores are
 cached there too. Results: a table on stdout, OUT/<TARGET>_<name>_<mode>.json and PNG plots.
+
+``--weights`` may be a run folder: each per-step weight file (``backbone-<step>.pth``,
+``<step>model.pth``, ``checkpoint-<step>.pt``) is evaluated as above under its own name, its
+summary numbers (TAR at FAR 1e-5 and 1e-4 per test mode, closed-set rank-1) are cached in
+OUT/<TARGET>_steps_cache.json so a re-run evaluates only new or changed files, and
+OUT/<TARGET>_steps_<mode>.json and the printed table give every step and the best one.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import logging
@@ -25,6 +32,8 @@ from tqdm import tqdm
 
 from eval.ijb import metrics, report
 from eval.ijb.data import IJBAlignedFaces, IJBMeta, load_meta, load_meta_1n, worker_init
+from eval.steps import ResultCache, best_steps, format_steps, settings_key
+from utils.checkpoint import list_step_weights
 from utils.cli import run_cli
 from utils.fileio import atomic_path, refuse_overwrite
 
@@ -33,6 +42,8 @@ log = logging.getLogger("eval.ijb")
 MODES = ("1v1", "1vN", "both")
 # TPIR-vs-FPIR curve points for the plot (the table uses metrics.FPIRS)
 CURVE_FPIRS = tuple(float(f"{x:.6g}") for x in np.logspace(-4, 0, 41))
+# the FARs compared across the steps of a run folder (papers quote TAR@FAR=1e-4 for IJB-B/C)
+STEP_FARS = (1e-5, 1e-4)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--weights", required=True,
-                   help="checkpoint (.pt/.pth in any layout utils.checkpoint reads) or .onnx")
+                   help="checkpoint (.pt/.pth in any layout utils.checkpoint reads) or .onnx, or a "
+                   "run folder (every per-step weight file in it)")
     p.add_argument("--network", default=None,
                    help="backbone name; read from our checkpoints when omitted")
     p.add_argument("--width", type=int, default=None,
@@ -296,8 +308,71 @@ def main(argv: list[str] | None = None) -> dict:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s",
                             stream=sys.stdout)
+    if os.path.isdir(args.weights):
+        return evaluate_run_folder(args)
     if not os.path.isfile(args.weights):
         raise FileNotFoundError(f"--weights: no such file {args.weights}")
+    return evaluate_file(args)
+
+
+def step_scores(results: dict) -> dict[str, float]:
+    """The numbers compared across steps: TAR at FAR 1e-5 and 1e-4 per test mode, closed-set rank-1."""
+    scores = {}
+    for mode, r in results.get("1v1", {}).items():
+        for far in STEP_FARS:
+            scores[f"{mode} TAR@{far:g}"] = r["tar_at_far"][f"{far:g}"]
+    for mode, r in results.get("1vN", {}).items():
+        closed = next(v for k, v in r.items() if k.startswith("closed_"))
+        scores[f"{mode} rank-1"] = closed["rank"]["1"]
+    return scores
+
+
+def evaluate_run_folder(args: argparse.Namespace) -> dict:
+    """Evaluate every per-step weight file of a run folder (cached), report each step and the best."""
+    steps = list_step_weights(args.weights)
+    if not steps:
+        raise FileNotFoundError(
+            f"--weights {args.weights}: no per-step weight files (backbone-<step>.pth, "
+            f"<step>model.pth, checkpoint-<step>.pt) in the folder")
+    meta = load_meta(args.data_root, args.target)  # checked once, before any extraction
+    target = meta.paths.target
+    files = [meta.paths.name_5pts_score, meta.paths.pair_label]
+    settings = settings_key({
+        "target": target, "mode": args.mode, "test_modes": args.test_modes, "network": args.network,
+        "width": args.width, "amp": args.amp,
+        "data": [(os.path.abspath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files],
+    })
+    os.makedirs(args.output, exist_ok=True)
+    cache = ResultCache(os.path.join(args.output, f"{target}_steps_cache.json"))
+    rows = []
+    for step, path in steps:
+        scores = None if args.no_cache else cache.get(path, settings)
+        if scores is None:
+            one = copy.copy(args)
+            # the per-step result files are this folder's: rewritten whenever the weights change
+            one.weights, one.name, one.force = path, os.path.splitext(os.path.basename(path))[0], True
+            scores = step_scores(evaluate_file(one))
+            cache.put(path, settings, scores)
+        else:
+            log.info("%s: results from %s", os.path.basename(path), cache.path)
+        rows.append({"step": step, "name": os.path.basename(path), "weights": os.path.abspath(path),
+                     "scores": scores})
+    metrics_ = list(rows[0]["scores"])
+    print(f"\n{target} per step (%), {args.weights}")
+    print(format_steps(rows, metrics_))
+    summary = {"target": target, "run_folder": os.path.abspath(args.weights), "mode": args.mode,
+               "test_modes": args.test_modes, "metrics": metrics_, "steps": rows,
+               "best": best_steps(rows, metrics_)}
+    path = os.path.join(args.output, f"{target}_steps_{args.mode}.json")
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
+    print(f"\nper-step results: {path}")
+    return summary
+
+
+def evaluate_file(args: argparse.Namespace) -> dict:
+    """Evaluate one weights file (``args.weights``); returns the results written to the JSON file."""
     args.name = args.name or os.path.splitext(os.path.basename(args.weights))[0]
     meta = load_meta(args.data_root, args.target)
     target = meta.paths.target

@@ -18,6 +18,12 @@ Steps (insightface's gen_megaface.py + remove_noises.py + run.sh, without mxnet)
    ``OUT/megaface_<algo>.json``, ``OUT/cmc_<algo>.png``, ``OUT/roc_<algo>.png`` and a table.
 4. with ``--devkit DIR``: the official run_experiment.py on the same features (OUT/devkit_<algo>/).
 
+``--weights`` may be a run folder: each per-step weight file (``backbone-<step>.pth``,
+``<step>model.pth``, ``checkpoint-<step>.pt``) is evaluated as above with the file's name as its
+algo; rank-1 and TAR at the first ``--fars`` on the largest distractor set are cached per file in
+``OUT/megaface_steps_cache.json`` (a re-run evaluates only new or changed files), and
+``OUT/megaface_steps.json`` and the printed table give every step and the best one.
+
 Default paths follow insightface's MegaFace package (one folder holding facescrub_images/,
 megaface_images/, devkit/, facescrub_noises.txt and megaface_noises.txt): the template lists
 default to ``<megaface-root>/../devkit/templatelists`` and the noise lists to
@@ -27,6 +33,7 @@ default to ``<megaface-root>/../devkit/templatelists`` and the noise lists to
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -36,6 +43,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from eval.steps import ResultCache, best_steps, format_steps, settings_key
+from utils.checkpoint import list_step_weights
 from utils.cli import run_cli
 from utils.fileio import atomic_write_bytes
 
@@ -66,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("model")
     g.add_argument("--weights", required=True,
-                   help="checkpoint (.pt/.pth: ours, ContraFace, insightface) or .onnx")
+                   help="checkpoint (.pt/.pth: ours, ContraFace, insightface) or .onnx, or a run "
+                   "folder (every per-step weight file in it)")
     g.add_argument("--network", help="backbone name (read from our checkpoints when omitted)")
     g.add_argument("--width", type=int, help="backbone width (reduced-width iresnets)")
     g.add_argument("--device", help="cuda / cpu (default: cuda when available)")
@@ -344,8 +354,63 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m eval.megaface.megaface_eval``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
-    run(args)
+    if args.weights and os.path.isdir(args.weights):
+        run_folder(args)
+    else:
+        run(args)
     return 0
+
+
+def step_scores(results: dict) -> dict[str, float]:
+    """The numbers compared across steps: rank-1 and TAR at the first FAR, largest distractor set."""
+    size = max(results["sizes"], key=int)
+    res = results["sizes"][size]
+    scores = {f"rank-1@{size}": res["rank1"]}
+    if res["verification"]["far"]:
+        scores[f"TAR@{res['verification']['far'][0]:g}@{size}"] = res["verification"]["tar"][0]
+    return scores
+
+
+def run_folder(args: argparse.Namespace) -> dict:
+    """Evaluate every per-step weight file of a run folder (cached), report each step and the best."""
+    steps = list_step_weights(args.weights)
+    if not steps:
+        raise FileNotFoundError(
+            f"--weights {args.weights}: no per-step weight files (backbone-<step>.pth, "
+            f"<step>model.pth, checkpoint-<step>.pt) in the folder")
+    cfg = _resolve(args)  # the inputs are checked once, before any extraction
+    lists = [cfg["probe_list"], *(cfg["noises"] or ())]
+    settings = settings_key({
+        "sizes": cfg["sizes"], "fars": args.fars, "max_rank": args.max_rank, "flip": not args.no_flip,
+        "network": args.network, "width": args.width, "distractor_set": args.distractor_set,
+        "seed": args.seed, "roots": [os.path.abspath(args.facescrub_root), os.path.abspath(args.megaface_root)],
+        "lists": [(os.path.abspath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in lists],
+    })
+    os.makedirs(args.output, exist_ok=True)
+    cache = ResultCache(os.path.join(args.output, "megaface_steps_cache.json"))
+    rows = []
+    for step, path in steps:
+        scores = None if args.force else cache.get(path, settings)
+        if scores is None:
+            one = copy.copy(args)
+            stem = default_algo(path)
+            # each step's features and results under its own algo; results follow the weights
+            one.weights, one.algo, one.overwrite_results = path, f"{args.algo}-{stem}" if args.algo else stem, True
+            scores = step_scores(run(one))
+            cache.put(path, settings, scores)
+        else:
+            logger.info("%s: results from %s", os.path.basename(path), cache.path)
+        rows.append({"step": step, "name": os.path.basename(path), "weights": os.path.abspath(path),
+                     "scores": scores})
+    metrics = list(rows[0]["scores"])
+    print(f"\nMegaFace per step (%), {args.weights}")
+    print(format_steps(rows, metrics, digits=3))
+    summary = {"run_folder": os.path.abspath(args.weights), "metrics": metrics, "steps": rows,
+               "best": best_steps(rows, metrics)}
+    path = os.path.join(args.output, "megaface_steps.json")
+    atomic_write_bytes(path, json.dumps(summary, indent=2).encode())
+    print(f"per-step results: {path}")
+    return summary
 
 
 if __name__ == "__main__":
