@@ -11,6 +11,7 @@ from torch.func import functional_call
 
 from losses import HEADS, ContraFaceTraining, SingleBranch, get_head
 from losses.heads import HEAD_PARAMS
+from losses.methods import head_params
 from utils.config import ConfigError, load_config
 
 S = 64.0
@@ -316,7 +317,10 @@ def test_config_head_parameters_default_to_the_heads_own():
     cfg = load_config()
     assert all(cfg[key] is None for key in HEAD_PARAMS)
     cfg = load_config(overrides=["head=cosface"])
-    assert cfg.m is None  # -> CosFace's 0.35 when the head is built
+    assert cfg.m is None and get_head(cfg.head, 4, 3, **head_params(cfg)).m == 0.35  # not ArcFace's 0.5
+    cfg = load_config(overrides=["head=magface", "lambda_g=20", "u_a=100"])
+    head = get_head(cfg.head, 4, 3, **head_params(cfg))
+    assert (head.lambda_g, head.u_a, head.l_a, head.s) == (20.0, 100.0, 10.0, 64.0)
     cfg = load_config(overrides=["head=mv_am", "m=0.4", "adaptive=False", "s=30"])
     assert (cfg.m, cfg.adaptive, cfg.s) == (0.4, False, 30.0) and isinstance(cfg.s, float)
     cfg = load_config(overrides=["head=elastic_arc", "plus=True"])
