@@ -76,8 +76,8 @@ def describe_data(path: str) -> str:
     try:
         with open(os.path.join(path, "manifest.json")) as f:
             manifest = json.load(f)
-        pairs = {b["pairs"] for b in manifest.get("bins", {}).values()}
-        return f"{manifest['num_classes']} ids, {manifest['num_images']} images, {'/'.join(map(str, pairs))} pairs per set"
+        pairs = "/".join(sorted({str(b["pairs"]) for b in manifest.get("bins", {}).values()}))
+        return f"{manifest['num_classes']} ids, {manifest['num_images']} images, {pairs} pairs per set"
     except (OSError, ValueError, KeyError):
         return "no manifest"
 
