@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole pipeline on a CPU in minutes: environment (once), synthetic data (once), ContraFace
-# training, then verification on the five synthetic sets against an untrained network.
+# training, then verification on the five synthetic sets against an untrained network, and the
+# training curves (curves.png in the run folder).
 #   bash scripts/quickstart.sh                        # data in data/synthetic, run in work_dirs/
 #   DATA=/tmp/faces bash scripts/quickstart.sh        # elsewhere
 #   bash scripts/quickstart.sh --set num_epoch=6      # extra train.py arguments
@@ -26,4 +27,5 @@ fi
 echo "verification of $OUT/backbone.pth (10-fold accuracy, flip-sum embeddings):"
 "$PY" bench/synthetic_learnability.py --data "$DATA" --checkpoint "$OUT/backbone.pth" \
   --untrained-on lfw | tee "$OUT/verification.txt"
+"$PY" -m tools.plot_log "$OUT/training.log" --output "$OUT/curves.png"   # loss, margin, LR, speed, lfw
 echo "quickstart done in $((SECONDS - start)) s: $OUT"

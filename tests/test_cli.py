@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = [
     "tools/im2rec.py", "tools/rec2idx.py", "tools/shuffle_rec.py", "tools/make_bin.py",
     "tools/make_synthetic.py", "tools/make_synthetic_ijb.py", "tools/make_synthetic_megaface.py",
-    "tools/export_onnx.py", "tools/draw_framework.py", "eval/evaluation.py",
+    "tools/export_onnx.py", "tools/draw_framework.py", "tools/plot_log.py", "eval/evaluation.py",
     "eval/ijb/ijb_eval.py", "eval/megaface/megaface_eval.py", "eval/megaface/noises.py",
     "backbones/complexity.py",
 ]

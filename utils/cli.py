@@ -42,6 +42,7 @@ USER_ERRORS = (
     "eval.megaface.lists:MegaFaceError",
     "eval.megaface.devkit:DevkitError",
     "tools.make_bin:PairsFormatError",
+    "tools.plot_log:LogFormatError",
 )
 # files that are missing, in the way, or of the wrong kind
 _FILE_ERRORS: tuple[type[BaseException], ...] = (
