@@ -15,7 +15,6 @@ import argparse
 import logging
 import os
 import random
-import sys
 import warnings
 
 import numpy as np
@@ -29,6 +28,7 @@ from losses import METHODS, build_method
 from utils import train_state
 from utils.callbacks import CallBackLogging, CallBackModelCheckpoint, CallBackVerification
 from utils.checkpoint import apply_state, extract_backbone_state, load_state
+from utils.cli import run_cli
 from utils.config import DEFAULT_CONFIG, ConfigError, config_to_json, load_config, to_plain
 from utils.dataset import DataLoaderX, normalize_batch
 from utils.distributed import DistEnv, all_gather_objects, barrier, broadcast_object, cleanup, init_distributed
@@ -335,12 +335,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ConfigError, FileNotFoundError, FileExistsError, FloatingPointError) as exc:
-        # errors a user can fix: one clear line (in the log too), not a traceback
-        if logging.getLogger().handlers:
-            log.error(f"{type(exc).__name__}: {exc}")
-        else:
-            print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
-        sys.exit(2)
+    # a user error (missing file, bad key, ...) or a NaN/inf loss: one line on stderr and in the log, exit 2
+    run_cli(main, extra=(FloatingPointError,))

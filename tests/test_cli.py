@@ -16,7 +16,7 @@ from utils.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = [
-    "tools/im2rec.py", "tools/rec2idx.py", "tools/shuffle_rec.py", "tools/make_bin.py",
+    "train.py", "tools/im2rec.py", "tools/rec2idx.py", "tools/shuffle_rec.py", "tools/make_bin.py",
     "tools/make_synthetic.py", "tools/make_synthetic_ijb.py", "tools/make_synthetic_megaface.py",
     "tools/export_onnx.py", "tools/draw_framework.py", "tools/plot_log.py", "eval/evaluation.py",
     "eval/ijb/ijb_eval.py", "eval/megaface/megaface_eval.py", "eval/megaface/noises.py",
@@ -177,14 +177,16 @@ def test_evaluators(tmp_path, user_error):
     assert line.startswith("error: FileExistsError") and "clean" in line
 
 
-@pytest.mark.parametrize("module, args, names", [
-    ("tools.rec2idx", ["missing.rec"], "missing.rec"),
-    ("eval.evaluation", ["--weights", "missing.pth", "--data-dir", "."], "missing.pth"),
+@pytest.mark.parametrize("command, expected", [
+    (["-m", "tools.rec2idx", "missing.rec"], "error: FileNotFoundError: missing.rec: RecordIO file not found"),
+    (["-m", "eval.evaluation", "--weights", "missing.pth", "--data-dir", "."],
+     "error: FileNotFoundError: --weights missing.pth: no such file or folder"),
+    ([str(REPO / "train.py"), "--set", "lr_stpes=1"], "error: ConfigError: unknown key 'lr_stpes'"),
 ])
-def test_command_line_prints_one_line_and_exits_2(tmp_path, module, args, names):
+def test_command_line_prints_one_line_and_exits_2(tmp_path, command, expected):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run([sys.executable, *command], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: FileNotFoundError") and names in lines[0], out.stderr
+    assert len(lines) == 1 and lines[0].startswith(expected), out.stderr
