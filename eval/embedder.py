@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from backbones import get_backbone
+from utils.dataset import normalize_batch
 from utils.checkpoint import (
     CheckpointError,
     apply_state,
@@ -94,7 +95,11 @@ def to_nchw_uint8(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 def normalise(batch: torch.Tensor) -> torch.Tensor:
     """uint8 NCHW -> float32 in [-1, 1], computed exactly as insightface's verification test."""
-    return ((batch.float() / 255) - 0.5) / 0.5
+    if batch.dtype == torch.uint8:
+        # the training path's table: the CPU's float32 numbers on any device (CUDA's scalar
+        # division is a multiplication by 1/255, 1 ulp off for some pixel values)
+        return normalize_batch(batch)
+    return ((batch.float() / 255) - 0.5) / 0.5  # 0-255 in another dtype (insightface's float bins)
 
 
 class Embedder:

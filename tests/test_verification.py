@@ -491,3 +491,46 @@ def test_test_batch_size_independent_and_amp(tmp_path):
     result = ver.test((floats, data_set[1]), model, batch_size=1, nfolds=10)
     assert result[:5] == reference[:5]
     assert all(torch.equal(a, b) for a, b in zip(floats, copies))
+
+
+def _insightface_float_bin(rgbs: np.ndarray) -> list[torch.Tensor]:
+    """insightface's load_bin: float32 (N, 3, H, W) tensors of the 0-255 pixels and of their mirrors."""
+    data = torch.from_numpy(np.ascontiguousarray(rgbs.transpose(0, 3, 1, 2))).float()
+    return [data, torch.flip(data, dims=[3])]
+
+
+@torch.no_grad()
+def _insightface_embeddings(data: torch.Tensor, backbone: torch.nn.Module, batch_size: int) -> np.ndarray:
+    """insightface's test() loop: host-normalised float32 batches (a last short batch re-uses the tail)."""
+    embeddings = None
+    for ba in range(0, data.shape[0], batch_size):
+        bb = min(ba + batch_size, data.shape[0])
+        img = ((data[bb - batch_size:bb] / 255) - 0.5) / 0.5
+        out = backbone(img).detach().cpu().numpy()
+        if embeddings is None:
+            embeddings = np.zeros((data.shape[0], out.shape[1]))
+        embeddings[ba:bb, :] = out[(batch_size - (bb - ba)):, :]
+    return embeddings
+
+
+def test_uint8_bins_give_the_float_paths_embeddings(tmp_path):
+    from backbones import get_backbone
+
+    rng = np.random.default_rng(3)
+    rgbs = rng.integers(0, 256, size=(16, 112, 112, 3), dtype=np.uint8)
+    issame = [True, False] * 4
+    path = _write(tmp_path, "set.bin", _py2_bin([_png(r) for r in rgbs], issame))
+    data_set = ver.load_bin(path)
+    assert [(t.dtype, tuple(t.shape)) for t in data_set[0]] == [(torch.uint8, (16, 3, 112, 112))] * 2
+    assert data_set[0][0].untyped_storage().nbytes() == 16 * 3 * 112 * 112  # a quarter of float32's
+    torch.manual_seed(0)
+    backbone = get_backbone("iresnet18", width=8, num_features=32).eval()
+    floats = _insightface_float_bin(rgbs)
+    _, _, acc2, std2, xnorm, embeddings = ver.test(data_set, backbone, batch_size=8, nfolds=2)
+    reference = [_insightface_embeddings(d, backbone, 8) for d in floats]
+    for ours, theirs in zip(embeddings, reference):
+        assert np.array_equal(ours, theirs)  # bit for bit: the same float32 inputs, the same batches
+    flip = sklearn.preprocessing.normalize(reference[0] + reference[1])
+    _, _, accuracy, _, _, _ = ver.evaluate(flip, issame, nrof_folds=2)
+    assert (acc2, std2) == (np.mean(accuracy), np.std(accuracy))
+    assert xnorm == pytest.approx(np.mean([np.linalg.norm(e) for r in reference for e in r]), rel=1e-12)
