@@ -8,6 +8,8 @@ downloaded file can never run code):
 * the original ContraFace/ElasticFace ``{step}model.pth``: a flat state dict with ``backbone.*``
   keys and the class centers as ``header.kernel`` (the header is returned in the metadata);
 * insightface ``backbone.pth``: a flat state dict with plain keys (``conv1.weight`` ...);
+* FaceCL's ``model_{epoch}.pt``: the UniMoCo state dict (``encoder_q.*``, ``encoder_k.*``,
+  ``projection_*``, queues); the query encoder ``encoder_q`` is taken;
 * any of these with a DDP ``module.`` (or ``torch.compile`` ``_orig_mod.``) prefix, or wrapped
   in ``{"state_dict": ...}`` / ``{"model": ...}`` / ``{"state_dict_backbone": ...}``.
 """
@@ -156,6 +158,10 @@ def extract_backbone_state(
     if wrappers:
         meta["wrapper"] = ".".join(wrappers)
     state = _strip_wrappers(obj)
+    if any(k.startswith("encoder_q.") for k in state):
+        # FaceCL's model_{epoch}.pt: the whole UniMoCo state dict; the query encoder is the network
+        meta["format"] = "facecl-unimoco"
+        return {k[len("encoder_q."):]: v for k, v in state.items() if k.startswith("encoder_q.")}, meta
     if any(k.startswith("backbone.") for k in state):
         # ContraFace/ElasticFace {step}model.pth: backbone.* plus header.kernel (class centers).
         meta["format"] = "contraface-original"
