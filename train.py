@@ -24,7 +24,8 @@ from torch.nn.utils import clip_grad_norm_
 from torch.utils.tensorboard import SummaryWriter
 
 from backbones import get_backbone
-from losses import METHODS, build_method
+from losses import METHODS, PartialFC, build_method
+from losses.partial_fc import sharded_parameter_names
 from utils import train_state
 from utils.callbacks import CallBackLogging, CallBackModelCheckpoint, CallBackVerification
 from utils.checkpoint import apply_state, extract_backbone_state, load_state
@@ -34,6 +35,7 @@ from utils.dataset import DataLoaderX, normalize_batch
 from utils.distributed import DistEnv, all_gather_objects, barrier, broadcast_object, cleanup, init_distributed
 from utils.fileio import atomic_path
 from utils.logger import init_logging
+from utils.sharded_state import checkpoint_centers, gather_sharded_state
 from utils.lr_schedule import build_lr_schedule
 
 log = logging.getLogger("train")
@@ -148,6 +150,8 @@ def train(cfg, env: DistEnv, resume: str | None) -> None:
     model = method
     if env.distributed:
         device_ids = [env.local_rank] if env.device.type == "cuda" else None
+        # Partial FC's centers are sharded: each rank updates its own block, DDP must not average them
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(method, sharded_parameter_names(method))
         with warnings.catch_warnings():
             # newer torch deprecates broadcast_buffers but has no other way yet to keep buffers
             # rank-local from the start (BatchNorm statistics, the ContraFace margin) as the reference
@@ -175,7 +179,8 @@ def train(cfg, env: DistEnv, resume: str | None) -> None:
     )
     if checkpoint:
         train_state.load_checkpoint(
-            checkpoint, method=method, optimizer=optimizer, scaler=scaler, rank=env.rank, device=env.device
+            checkpoint, method=method, optimizer=optimizer, scaler=scaler, rank=env.rank, device=env.device,
+            path=resume_path,
         )
         verification.load_state_dict(checkpoint["callbacks"].get("verification", {}))
         log.info(f"resumed from {resume_path} at step {start_step}")
@@ -193,6 +198,7 @@ def train(cfg, env: DistEnv, resume: str | None) -> None:
     def save(step: int) -> None:
         guard.check(step)  # a non-finite step must never reach a saved file
         ranks = all_gather_objects(env, train_state.rank_state(method, env.device))
+        sharded = gather_sharded_state(method, optimizer)  # Partial FC's centers of every rank, on rank 0
         if env.is_main:
             train_state.save_checkpoint(
                 train_state.checkpoint_path(cfg.output, step),
@@ -206,6 +212,7 @@ def train(cfg, env: DistEnv, resume: str | None) -> None:
                 network_kwargs=network_kwargs,
                 callbacks={"verification": verification.state_dict()},
                 config=to_plain(cfg),
+                sharded=sharded,
             )
             train_state.save_backbone(os.path.join(cfg.output, "backbone.pth"), method.backbone)
             train_state.prune_checkpoints(cfg.output, cfg.keep_checkpoints)
@@ -266,18 +273,23 @@ def load_init_weights(method: torch.nn.Module, path: str) -> None:
     obj = load_state(path)
     state, meta = extract_backbone_state(obj, path)
     apply_state(method.backbone, state, meta)
-    if isinstance(obj, dict) and isinstance(obj.get("head"), dict):
-        centers = obj["head"].get("head.kernel")  # this project's checkpoints
-    else:
-        centers = meta.get("header", {}).get("kernel")  # the original {step}model.pth
-    kernel = getattr(getattr(method, "head", None), "kernel", None)
-    if centers is not None and isinstance(kernel, torch.Tensor) and centers.shape == kernel.shape:
+    head = getattr(method, "head", None)
+    kernel = getattr(head, "kernel", None)
+    if not isinstance(kernel, torch.Tensor):
+        log.info(f"init_weights: backbone from {path} (this method has no class centers)")
+        return
+    # all classes, or this rank's block where Partial FC shards the head
+    num_classes = head.num_classes if isinstance(head, PartialFC) else kernel.shape[1]
+    start, stop = head.class_range if isinstance(head, PartialFC) else (0, num_classes)
+    if not (isinstance(obj, dict) and isinstance(obj.get("head"), dict)):
+        obj = {"head": {"head.kernel": meta.get("header", {}).get("kernel")}}  # the original {step}model.pth
+    centers, why = checkpoint_centers(obj, num_classes, start, stop)  # replicated or sharded runs
+    if centers is not None and centers.shape == kernel.shape:
         with torch.no_grad():
             kernel.copy_(centers)
         log.info(f"init_weights: backbone and class centers from {path}")
         return
-    why = "the file has none" if centers is None else f"{tuple(centers.shape)} does not fit this head"
-    log.info(f"init_weights: backbone from {path}; class centers start fresh ({why})")
+    log.info(f"init_weights: backbone from {path}; class centers start fresh ({why or 'they do not fit'})")
 
 
 def warn_config_changes(old: dict, new: dict) -> None:

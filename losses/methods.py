@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from losses.contraface import ContraFace
 from losses.heads import HEAD_PARAMS, MarginHead, get_head
+from losses.partial_fc import PartialFC
 from losses.unimoco import UniMoCo, build_unimoco
 from utils.dataset import get_train_dataset
 from utils.sampler import ResumableBatchSampler, ResumableDistributedSampler
@@ -145,7 +146,10 @@ def build_method(cfg: Any, backbone: nn.Module) -> TrainingMethod:
     """The training method named by ``cfg.method``, with its head, from a config."""
     if cfg.method == "unimoco":
         return build_unimoco(cfg, backbone)
-    head = get_head(cfg.head, cfg.embedding_size, cfg.num_classes, **head_params(cfg))
+    if cfg.get("partial_fc"):  # the centers sharded across the processes (losses/partial_fc.py)
+        head = PartialFC(cfg.head, cfg.embedding_size, cfg.num_classes, cfg.sample_rate, **head_params(cfg))
+    else:
+        head = get_head(cfg.head, cfg.embedding_size, cfg.num_classes, **head_params(cfg))
     if cfg.method == "single":
         return SingleBranch(backbone, head, dropout=cfg.dropout)
     if cfg.method == "contraface":

@@ -9,13 +9,18 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from losses import HEADS, PartialFC, get_head
+from losses import HEADS, PartialFC, SingleBranch, get_head
 from losses.partial_fc import class_split, sharded_parameter_names
+from utils import train_state
+from utils.sharded_state import gather_sharded_state
 
 D, C, N_LOCAL, WORLD = 8, 5, 4, 2  # 5 classes on 2 ranks: [0, 3) and [3, 5)
 SEED = 1234
 SAMPLED_C, SAMPLE_RATE = 20, 0.5  # 10 classes a rank, 5 sampled
+RESUME_C, RESUME_N, SAVED_AT = 7, 12, 2  # checkpoint test: 7 classes, global batch 12, saved after step 2
 
 
 def full_kernel(num_classes=C):
@@ -39,8 +44,8 @@ def sampled_batch():
 
 
 def worker(rank, init_file, result_file):
+    torch.set_num_threads(1)  # first: a forked child must not use the parent's OpenMP pool
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    torch.set_num_threads(1)
     rows = slice(rank * N_LOCAL, (rank + 1) * N_LOCAL)
     results = {"heads": {}}
     embeddings, labels = global_batch()
@@ -86,16 +91,82 @@ def worker(rank, init_file, result_file):
         PartialFC("arcface", D, 1)
     except ValueError as exc:
         results["too_few_classes"] = str(exc)
+
+    method, optimizer, model = resume_setup(rank, WORLD)
+    for step in range(SAVED_AT):
+        train_step(model, optimizer, step, rank, WORLD)
+    save(method, optimizer, f"{result_file}.checkpoint", rank)
+    results["next_losses"] = [train_step(model, optimizer, step, rank, WORLD) for step in (SAVED_AT, SAVED_AT + 1)]
     torch.save(results, f"{result_file}.{rank}")
     dist.barrier()  # leave together: gloo can abort a rank whose peer tears the group down first
+    dist.destroy_process_group()
+
+
+def resume_setup(rank, world, num_classes=RESUME_C, seed=0):
+    """A linear 'backbone' and a Partial FC head in a method, SGD with momentum, DDP on > 1 rank."""
+    torch.manual_seed(seed + rank)  # every rank's shard starts differently, as in train.py
+    method = SingleBranch(nn.Linear(6, D), PartialFC("cosface", D, num_classes), dropout=0.0)
+    optimizer = torch.optim.SGD(method.param_groups(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    model = method
+    if world > 1:
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(method, sharded_parameter_names(method))
+        model = DistributedDataParallel(method)
+    return method, optimizer, model
+
+
+def train_step(model, optimizer, step, rank, world):
+    """One SGD step on this rank's rows of global batch ``step``; the loss before the step."""
+    generator = torch.Generator().manual_seed(100 + step)
+    inputs = torch.randn(RESUME_N, 6, generator=generator)
+    labels = torch.randint(0, RESUME_C, (RESUME_N,), generator=generator)
+    rows = slice(rank * RESUME_N // world, (rank + 1) * RESUME_N // world)
+    loss = model(inputs[rows], labels[rows])["loss"]
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def save(method, optimizer, path, rank):
+    """What train.py's save() does, for a method without a real backbone."""
+    state = train_state.rank_state(method, torch.device("cpu"))
+    ranks = [None] * dist.get_world_size()
+    dist.all_gather_object(ranks, state)
+    sharded = gather_sharded_state(method, optimizer)
+    if rank == 0:
+        train_state.save_checkpoint(
+            path, method=method, optimizer=optimizer, scaler=None, step=SAVED_AT, epoch=0, ranks=ranks,
+            network="linear", network_kwargs={}, callbacks={}, config={}, sharded=sharded,
+        )
+    dist.barrier()
+
+
+def resume(rank, world, path):
+    """Load the checkpoint on ``world`` ranks; the losses of the next two batches."""
+    method, optimizer, model = resume_setup(rank, world, seed=99)
+    checkpoint = train_state.read_checkpoint(path)
+    train_state.load_checkpoint(
+        checkpoint, method=method, optimizer=optimizer, scaler=None, rank=rank, device=torch.device("cpu"), path=path
+    )
+    return [train_step(model, optimizer, step, rank, world) for step in (SAVED_AT, SAVED_AT + 1)]
+
+
+def resume_worker(rank, world, init_file, path, result_file):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.save(resume(rank, world, path), f"{result_file}.{rank}")
+    dist.barrier()
     dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pfc")
-    mp.spawn(worker, args=(str(tmp / "init"), str(tmp / "result")), nprocs=WORLD, join=True)
-    return [torch.load(tmp / f"result.{rank}", weights_only=True) for rank in range(WORLD)]
+    # fork, not spawn: a spawned child spends seconds importing torch again
+    mp.start_processes(worker, args=(str(tmp / "init"), str(tmp / "result")), nprocs=WORLD, start_method="fork")
+    results = [torch.load(tmp / f"result.{rank}", weights_only=True) for rank in range(WORLD)]
+    results[0]["checkpoint"] = str(tmp / "result.checkpoint")
+    return results
 
 
 def reference(name):
@@ -159,6 +230,56 @@ def test_sampled_step_keeps_positives_and_matches_the_head_on_the_sample(ranks):
     assert rank1["loss"].item() == pytest.approx(loss.item(), rel=1e-6)
     torch.testing.assert_close(rank0["embedding_grad"] / WORLD, embeddings.grad[:N_LOCAL], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(rank1["embedding_grad"] / WORLD, embeddings.grad[N_LOCAL:], rtol=1e-5, atol=1e-5)
+
+
+def test_checkpoint_holds_every_shard_with_its_class_range(ranks):
+    checkpoint = torch.load(ranks[0]["checkpoint"], weights_only=True)
+    entry = checkpoint["partial_fc"]["head.head.kernel"]
+    assert entry["num_classes"] == RESUME_C and entry["class_ranges"] == [[0, 4], [4, 7]]
+    assert [tuple(t.shape) for t in entry["kernel"]] == [(D, 4), (D, 3)]
+    assert [tuple(t.shape) for t in entry["optimizer"]["momentum_buffer"]] == [(D, 4), (D, 3)]
+    assert "head.head.kernel" not in checkpoint["head"]  # not rank 0's block a second time
+    # the backbone's weight and bias keep their momentum in the optimizer state; the centers' moved out
+    assert sorted(checkpoint["optimizer"]["state"]) == [0, 1]
+
+
+@pytest.mark.parametrize("world", [1, 3])
+def test_resume_on_another_number_of_processes_gives_the_same_losses(ranks, world, tmp_path):
+    path = ranks[0]["checkpoint"]
+    expected = ranks[0]["next_losses"]
+    assert ranks[1]["next_losses"] == expected  # the same loss on every rank
+    if world == 1:
+        got = resume(0, 1, path)  # one process, no process group
+    else:
+        args = (world, str(tmp_path / "init"), path, str(tmp_path / "r"))
+        mp.start_processes(resume_worker, args=args, nprocs=world, start_method="fork")
+        got = [torch.load(tmp_path / f"r.{rank}", weights_only=True) for rank in range(world)]
+        assert all(g == got[0] for g in got)
+        got = got[0]
+    # the second loss follows a step that used the re-sharded momentum
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_checkpoint_of_another_class_count_is_an_error(ranks):
+    path = ranks[0]["checkpoint"]
+    method = SingleBranch(nn.Linear(6, D), PartialFC("cosface", D, 8), dropout=0.0)
+    optimizer = torch.optim.SGD(method.param_groups(), lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match=f"{path}: its class centers cover 7 classes, but num_classes is 8"):
+        train_state.load_checkpoint(
+            train_state.read_checkpoint(path), method=method, optimizer=optimizer, scaler=None, rank=0,
+            device=torch.device("cpu"), path=path,
+        )
+
+
+def test_sharded_checkpoint_into_the_replicated_head_is_an_error(ranks):
+    path = ranks[0]["checkpoint"]
+    method = SingleBranch(nn.Linear(6, D), get_head("cosface", D, RESUME_C), dropout=0.0)
+    optimizer = torch.optim.SGD(method.param_groups(), lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="written with partial_fc = True"):
+        train_state.load_checkpoint(
+            train_state.read_checkpoint(path), method=method, optimizer=optimizer, scaler=None, rank=0,
+            device=torch.device("cpu"), path=path,
+        )
 
 
 def test_world_size_larger_than_num_classes_is_an_error(ranks):

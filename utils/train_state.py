@@ -8,7 +8,7 @@ run killed while saving keeps its previous checkpoint) and loadable with
      "backbone": state_dict, "head": state_dict (the method without its backbone: class centers,
      ContraFace margin), "optimizer": ..., "scaler": ... | None, "step": int, "epoch": int,
      "world_size": int, "ranks": [per-rank RNG states and buffers], "callbacks": {...},
-     "config": dict}
+     "config": dict[, "partial_fc": every rank's class centers, see utils/sharded_state.py]}
 
 Buffers (BatchNorm statistics, the ContraFace margin) are not synchronised between ranks during
 training, as in the reference, so every rank's copy is kept in ``ranks``.
@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from utils.fileio import atomic_path
+from utils.sharded_state import load_sharded_state, strip_local_shards
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,12 @@ def save_checkpoint(
     network_kwargs: dict[str, Any],
     callbacks: dict[str, Any],
     config: dict[str, Any],
+    sharded: dict[str, Any] | None = None,
 ) -> None:
-    """Write a full training checkpoint atomically (call on rank 0)."""
+    """Write a full training checkpoint atomically (call on rank 0).
+
+    ``sharded``: Partial FC's centers of every rank (``sharded_state.gather_sharded_state``).
+    """
     state = method.state_dict()
     checkpoint = {
         "format": FORMAT,
@@ -125,6 +130,9 @@ def save_checkpoint(
         "callbacks": callbacks,
         "config": config,
     }
+    if sharded:
+        strip_local_shards(checkpoint["head"], checkpoint["optimizer"], method, optimizer)
+        checkpoint["partial_fc"] = sharded
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
 
@@ -153,10 +161,15 @@ def load_checkpoint(
     scaler: torch.amp.GradScaler | None,
     rank: int,
     device: torch.device,
+    path: str = "the checkpoint",
 ) -> None:
-    """Restore model, optimizer, scaler and this rank's buffers and RNG from ``checkpoint``."""
+    """Restore model, optimizer, scaler and this rank's buffers and RNG from ``checkpoint``.
+
+    Partial FC's centers and their momentum are cut to this rank's classes (any world size).
+    """
     state = {f"backbone.{k}": v for k, v in checkpoint["backbone"].items()}
     state.update(checkpoint["head"])
+    load_sharded_state(checkpoint, state, checkpoint["optimizer"], method, optimizer, path)
     method.load_state_dict(state)
     optimizer.load_state_dict(checkpoint["optimizer"])
     if scaler is not None and checkpoint.get("scaler") is not None:
