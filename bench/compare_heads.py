@@ -48,11 +48,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heads", default=",".join(HEADS), help="comma-separated heads (default: all)")
     p.add_argument("--methods", default="single,contraface", help="single and/or contraface")
     p.add_argument("--seeds", default="1", help="comma-separated training seeds (default 1)")
-    p.add_argument("--data", default=os.path.join(ROOT, "data", "synthetic_heads"),
-                   help="synthetic data folder, made with tools.make_synthetic if missing")
-    p.add_argument("--num-ids", type=int, default=100, help="training identities when making --data")
-    p.add_argument("--images-per-id", default="30", help="images per identity when making --data")
-    p.add_argument("--pairs", type=int, default=300, help="pairs per verification set when making --data")
+    p.add_argument("--data", default="",
+                   help="synthetic data folder, made with tools.make_synthetic if missing "
+                        "(default data/synthetic_heads-<ids>x<images>-<pairs>)")
+    p.add_argument("--num-ids", type=int, default=60, help="training identities when making --data (default 60)")
+    p.add_argument("--images-per-id", default="25", help="images per identity when making --data (default 25)")
+    p.add_argument("--pairs", type=int, default=200, help="pairs per verification set when making --data")
     p.add_argument("--epochs", type=int, default=3, help="epochs; ContraFace's stage 2 is the last (default 3)")
     p.add_argument("--output", default="", help="keep the runs here (default: a temporary folder)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -138,6 +139,8 @@ def format_table(results: dict[tuple[str, str], list[dict[str, float]]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    size = f"{args.num_ids}x{args.images_per_id}-{args.pairs}"
+    args.data = args.data or os.path.join(ROOT, "data", f"synthetic_heads-{size}")
     heads = [h.strip() for h in args.heads.split(",") if h.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     seeds = [int(s) for s in args.seeds.split(",")]
