@@ -50,7 +50,9 @@ class AdaFace(MarginHead):
         z = (safe - self.batch_mean) / (self.batch_std + EPS) * self.h
         return z.clamp(-1, 1).squeeze(1)
 
-    def margin_logits(self, cosine, labels, target_cosine, norms):
+    def margin_logits(
+        self, cosine: torch.Tensor, labels: torch.Tensor, target_cosine: torch.Tensor, norms: torch.Tensor
+    ) -> torch.Tensor:
         self.update_state(norms.detach().clamp(0.001, 100))
         z = self.margin_scaler(norms).to(cosine.dtype)
         cosine = cosine.clamp(-1 + EPS, 1 - EPS)

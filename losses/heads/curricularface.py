@@ -40,7 +40,9 @@ class CurricularFace(MarginHead):
         mean, any_row = nan_mean(target_cosine)
         self.t.copy_(torch.where(any_row, 0.01 * mean + 0.99 * self.t, self.t))
 
-    def margin_logits(self, cosine, labels, target_cosine, norms):
+    def margin_logits(
+        self, cosine: torch.Tensor, labels: torch.Tensor, target_cosine: torch.Tensor, norms: torch.Tensor
+    ) -> torch.Tensor:
         self.update_state(target_cosine)
         t = self.t.to(cosine.dtype)
         hard = cosine > arc_cos(target_cosine, self.m).unsqueeze(1)

@@ -40,7 +40,9 @@ class ElasticMargin(MarginHead):
             margins = torch.sort(margins).values[order]
         return margins
 
-    def margin_logits(self, cosine, labels, target_cosine, norms):
+    def margin_logits(
+        self, cosine: torch.Tensor, labels: torch.Tensor, target_cosine: torch.Tensor, norms: torch.Tensor
+    ) -> torch.Tensor:
         margins = self.draw_margins(target_cosine)
         cos_y = target_values(cosine, labels)
         target = arc_cos(cos_y, margins) if self.arc else cos_y - margins

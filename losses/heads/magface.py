@@ -37,7 +37,9 @@ class MagFace(MarginHead):
         a = norms.clamp(self.l_a, self.u_a).squeeze(1)
         return (self.u_m - self.l_m) / (self.u_a - self.l_a) * (a - self.l_a) + self.l_m
 
-    def margin_logits(self, cosine, labels, target_cosine, norms):
+    def margin_logits(
+        self, cosine: torch.Tensor, labels: torch.Tensor, target_cosine: torch.Tensor, norms: torch.Tensor
+    ) -> torch.Tensor:
         cos_y = target_values(cosine, labels)
         target = torch.where(cos_y > 0, arc_cos(cos_y, self.margin(norms).to(cosine.dtype)), cos_y)
         return replace_targets(cosine, labels, target) * self.s

@@ -20,7 +20,9 @@ class ArcFace(MarginHead):
         super().__init__(in_features, out_features, s)
         self.m = float(m)
 
-    def margin_logits(self, cosine, labels, target_cosine, norms):
+    def margin_logits(
+        self, cosine: torch.Tensor, labels: torch.Tensor, target_cosine: torch.Tensor, norms: torch.Tensor
+    ) -> torch.Tensor:
         target = arc_cos(target_values(cosine, labels), self.m)
         return replace_targets(cosine, labels, target) * self.s
 
@@ -34,7 +36,9 @@ class CosFace(MarginHead):
         super().__init__(in_features, out_features, s)
         self.m = float(m)
 
-    def margin_logits(self, cosine, labels, target_cosine, norms):
+    def margin_logits(
+        self, cosine: torch.Tensor, labels: torch.Tensor, target_cosine: torch.Tensor, norms: torch.Tensor
+    ) -> torch.Tensor:
         return replace_targets(cosine, labels, target_values(cosine, labels) - self.m) * self.s
 
 
@@ -52,7 +56,9 @@ class CombinedMargin(MarginHead):
         super().__init__(in_features, out_features, s)
         self.m1, self.m2, self.m3 = float(m1), float(m2), float(m3)
 
-    def margin_logits(self, cosine, labels, target_cosine, norms):
+    def margin_logits(
+        self, cosine: torch.Tensor, labels: torch.Tensor, target_cosine: torch.Tensor, norms: torch.Tensor
+    ) -> torch.Tensor:
         cos_y = target_values(cosine, labels).clamp(-COS_LIMIT, COS_LIMIT)
         target = torch.cos(self.m1 * torch.acos(cos_y) + self.m2) - self.m3
         return replace_targets(cosine, labels, target) * self.s

@@ -34,7 +34,9 @@ class MVSoftmax(MarginHead):
     def _with_margin(self, cos_y: torch.Tensor) -> torch.Tensor:
         return arc_cos(cos_y, self.m) if self.arc else cos_y - self.m
 
-    def margin_logits(self, cosine, labels, target_cosine, norms):
+    def margin_logits(
+        self, cosine: torch.Tensor, labels: torch.Tensor, target_cosine: torch.Tensor, norms: torch.Tensor
+    ) -> torch.Tensor:
         # the hard-negative rule uses the margin without the easy-margin switch, as the reference
         threshold = self._with_margin(target_cosine).unsqueeze(1)
         hard = cosine > threshold  # NaN threshold (a row with no class): no hard negatives
