@@ -68,6 +68,11 @@ class SingleBranch(TrainingMethod):
         loss = self.head.loss(self.backbone(images), labels)
         return {"loss": loss, "logs": {"L1": loss.detach()}}
 
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """The head's running state (CurricularFace t, AdaFace norm mean/std), if any."""
+        head = getattr(self.head, "head", self.head)  # PartialFC wraps this rank's MarginHead
+        return head.extra_state() if isinstance(head, MarginHead) else {}
+
 
 class ContraFaceTraining(SingleBranch):
     """Two-stage ContraFace.
@@ -122,7 +127,7 @@ class ContraFaceTraining(SingleBranch):
         return {"loss": loss, "logs": logs}
 
     def extra_state(self) -> dict[str, torch.Tensor]:
-        return {"margin": self.contra.margin}
+        return {"margin": self.contra.margin, **super().extra_state()}
 
 
 METHODS: dict[str, type[TrainingMethod]] = {

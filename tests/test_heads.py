@@ -287,6 +287,17 @@ def test_state_is_saved_and_restored_exactly():
             assert torch.equal(restored.state_dict()[key], head.state_dict()[key])
 
 
+def test_methods_log_the_head_state():
+    head = get_head("curricularface", 8, 6)
+    head.t.fill_(0.25)
+    assert SingleBranch(ToyBackbone(), head).extra_state() == {"t": 0.25}
+    method = ContraFaceTraining(ToyBackbone(), get_head("adaface", 8, 6), switch_epoch=0)
+    state = method.extra_state()
+    assert set(state) == {"margin", "norm_mean", "norm_std"} and all(v.dim() == 0 for v in state.values())
+    assert (state["norm_mean"].item(), state["norm_std"].item()) == (20.0, 100.0)
+    assert SingleBranch(ToyBackbone(), get_head("arcface", 8, 6)).extra_state() == {}
+
+
 @pytest.mark.parametrize("name", ["arcface", "curricularface", "adaface", "magface"])
 def test_fp32_under_autocast(name):
     head, emb, labels = full_cosine_labels(name)

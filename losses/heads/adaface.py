@@ -44,6 +44,10 @@ class AdaFace(MarginHead):
         if safe_norms.shape[0] > 1:  # one row has no spread (torch.std would be NaN)
             self.batch_std.copy_(a * safe_norms.std() + (1 - a) * self.batch_std)
 
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """μ and σ of the norms, for the training log."""
+        return {"norm_mean": self.batch_mean[0], "norm_std": self.batch_std[0]}
+
     def margin_scaler(self, norms: torch.Tensor) -> torch.Tensor:
         """ẑ of every row, (N,), from the current μ and σ (no state update, no gradient)."""
         safe = norms.detach().clamp(0.001, 100)

@@ -96,6 +96,10 @@ class MarginHead(nn.Module):
         """
         raise NotImplementedError
 
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """The running state as 0-d device tensors, for the training log (none by default)."""
+        return {}
+
     def regularizer(self, norms: torch.Tensor) -> torch.Tensor:
         """Loss term on the embedding norms (N, 1): zero except for MagFace."""
         return norms.new_zeros(())

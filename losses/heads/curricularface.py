@@ -40,6 +40,10 @@ class CurricularFace(MarginHead):
         mean, any_row = nan_mean(target_cosine)
         self.t.copy_(torch.where(any_row, 0.01 * mean + 0.99 * self.t, self.t))
 
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """t, for the training log."""
+        return {"t": self.t[0]}
+
     def margin_logits(
         self, cosine: torch.Tensor, labels: torch.Tensor, target_cosine: torch.Tensor, norms: torch.Tensor
     ) -> torch.Tensor:
