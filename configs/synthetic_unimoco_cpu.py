@@ -5,7 +5,7 @@
 FaceCL's recipe (configs/ms1mv3_r50_unimoco.py) with what a 2-core CPU can do: one process with
 the global batch of FaceCL's 8 GPUs (64 = 8 x 8, so lr 0.2 stays FaceCL's), a queue of 4096 keys
 (a third of an epoch of the 12,000-image quickstart set instead of 65536, so that it is refreshed
-within the short run) and 3 epochs.
+within the short run) and 2 epochs.
 """
 
 import copy
@@ -21,7 +21,7 @@ config.update(copy.deepcopy(DATASETS["synthetic"]))  # iresnet18, width 8, rec d
 config.dataset = "synthetic"
 config.batch_size = 64
 config.lr = 0.2
-config.num_epoch = 3
+config.num_epoch = 2
 config.moco_k = 4096
 config.num_workers = 1
 config.frequent = 20

@@ -136,6 +136,12 @@ def test_load_weights_takes_facecl_query_encoder(tmp_path):
     meta = load_weights(backbone, str(tmp_path / "model_3.pt"))
     assert meta["format"] == "facecl-unimoco"
     torch.testing.assert_close(backbone.state_dict(), model.backbone.state_dict(), rtol=0, atol=0)
+    # the evaluators' loader infers the architecture from the query encoder's keys
+    from eval.embedder import load_backbone
+
+    built, meta = load_backbone(str(tmp_path / "model_3.pt"))
+    assert meta["network"] == "iresnet18"
+    torch.testing.assert_close(built.state_dict(), model.backbone.state_dict(), rtol=0, atol=0)
 
 
 @pytest.mark.slow
