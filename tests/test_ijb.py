@@ -524,3 +524,24 @@ def test_cli_run_folder_each_step_cached_and_best(ijb_tree, tmp_path, monkeypatc
     os.utime(run / "backbone-10.pth", ns=(1, 1))
     assert ijb_eval.main(argv)["steps"] == summary["steps"]
     assert [os.path.basename(p) for p in loads] == ["backbone-10.pth"]
+
+
+def test_threaded_extraction_gives_the_sequential_features(ijb_tree, one_torch_thread):
+    from backbones import get_backbone
+    from eval.embedder import Embedder
+    from eval.ijb.ijb_eval import extract_features
+
+    meta = data.load_meta(str(ijb_tree), "IJBC")
+    ds = data.IJBAlignedFaces(meta.paths.image_dir, meta.names, meta.landmarks)
+    batches = list(data.iter_batches(ds, 4, num_workers=3))
+    assert [len(b) for b in batches] == [4] * (len(ds) // 4) + ([len(ds) % 4] if len(ds) % 4 else [])
+    assert torch.equal(torch.cat(batches), torch.stack([ds[i] for i in range(len(ds))]))  # order and pixels
+    torch.manual_seed(0)
+    embedder = Embedder.from_module(get_backbone("iresnet18", width=8, num_features=32), batch_size=4)
+    sequential = extract_features(embedder, ds, batch_size=4, num_workers=0)
+    threaded = extract_features(embedder, ds, batch_size=4, num_workers=3)
+    for a, b in zip(sequential, threaded):
+        assert a.shape == (len(ds), 32) and np.array_equal(a, b)
+    feats = [metrics.image2template_feature(metrics.image_input_features(*f, meta.faceness), meta.templates,
+                                            meta.medias)[0] for f in (sequential, threaded)]
+    assert np.array_equal(*feats)

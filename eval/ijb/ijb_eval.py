@@ -27,11 +27,10 @@ import time
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from eval.ijb import metrics, report
-from eval.ijb.data import IJBAlignedFaces, IJBMeta, load_meta, load_meta_1n, worker_init
+from eval.ijb.data import IJBAlignedFaces, IJBMeta, iter_batches, load_meta, load_meta_1n
 from eval.steps import ResultCache, best_steps, format_steps, settings_key
 from utils.checkpoint import list_step_weights
 from utils.cli import run_cli
@@ -71,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "test) or 'all'")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1),
-                   help="processes reading and aligning images")
+                   help="threads reading and aligning images")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision (default: on for CUDA)")
@@ -123,23 +122,16 @@ def feature_cache_key(args: argparse.Namespace, meta: IJBMeta) -> tuple[str, dic
 def extract_features(
     embedder, dataset: IJBAlignedFaces, batch_size: int = 128, num_workers: int = 2
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings of every aligned face and of its mirror image, float32 (N, D) each."""
+    """Embeddings of every aligned face and of its mirror image, float32 (N, D) each.
+
+    ``num_workers`` threads read and align the images (eval.ijb.data.iter_batches) while the
+    embedder runs the previous batch on its device.
+    """
     device = getattr(embedder, "device", torch.device("cpu"))
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=torch.device(device).type == "cuda",
-        worker_init_fn=worker_init if num_workers > 0 else None,
-        # Fresh worker processes: a fork after OpenCV's thread pool has run in this process
-        # can deadlock inside OpenCV (seen with cv2 4.x); spawning costs ~1 s per worker.
-        multiprocessing_context="spawn" if num_workers > 0 else None,
-        persistent_workers=False,
-    )
+    batches = iter_batches(dataset, batch_size, num_workers, pin_memory=torch.device(device).type == "cuda")
     embs = embs_flip = None
     start = 0
-    for batch in tqdm(loader, desc="IJB features", unit="batch"):
+    for batch in tqdm(batches, desc="IJB features", unit="batch", total=-(-len(dataset) // batch_size)):
         e = embedder(batch)
         ef = embedder(torch.flip(batch, dims=[3]))  # horizontal mirror of NCHW
         if embs is None:
