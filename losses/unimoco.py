@@ -278,12 +278,17 @@ class UniMoCo(nn.Module):
         #items, the fraction of the queue labelled; with ``num_classes`` also the number of
         classes absent from the queue, the mean/std/min/max count per class, and FaceCL's
         balance score log(C) / CE(uniform || class frequencies), 1 for a perfectly even queue.
+        Only device ops without a host sync (no boolean indexing, no bincount): the trainer
+        calls this every step and reads the values every ``frequent`` steps.
         """
-        labelled = self.label_queue[self.label_queue >= 0]
-        items = torch.tensor(labelled.numel(), device=self.label_queue.device)  # no sync: size is known
-        stats = {"Q_items": items.float(), "Q_labelled": items.float() / self.K}
+        labelled = self.label_queue >= 0
+        items = labelled.sum().float()
+        stats = {"Q_items": items, "Q_labelled": items / self.K}
         if self.num_classes > 0:
-            counts = torch.bincount(labelled, minlength=self.num_classes)[: self.num_classes].float()
+            # slot 0 collects the unlabelled (-1) entries
+            counts = torch.zeros(self.num_classes + 1, device=self.label_queue.device)
+            counts.index_add_(0, self.label_queue + 1, torch.ones_like(self.label_queue, dtype=counts.dtype))
+            counts = counts[1:]
             std, mean = torch.std_mean(counts)
             probs = counts / items.clamp_min(1)
             cross_entropy = -torch.log(probs + 1e-20).mean()
