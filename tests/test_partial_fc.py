@@ -2,8 +2,15 @@
 
 One spawn of 2 CPU processes runs every check that needs a process group (every head of the
 registry at sample_rate 1.0, a sampled step, the world-size error) and saves what each rank
-saw; the tests compare it with the single-process head on the whole batch.
+saw; the tests compare it with the single-process head on the whole batch. The slow test runs
+train.py as 2 "nodes" x 1 process on loopback (static master and c10d rendezvous) against 1 x 2.
 """
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from losses import HEADS, PartialFC, SingleBranch, get_head
 from losses.partial_fc import class_split, sharded_parameter_names
+from tools import make_synthetic
 from utils import train_state
 from utils.sharded_state import gather_sharded_state
 
@@ -351,3 +359,76 @@ def test_label_past_num_classes_is_an_error():
 def test_unknown_head_parameter_is_an_error():
     with pytest.raises(ValueError, match="takes no parameter 'q'"):
         PartialFC("arcface", D, C, q=1.0)
+
+
+# --- multi-node: 2 "nodes" x 1 process on loopback == 1 node x 2 processes (train.py, tiny) -----
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_RUN = [
+    "network_width=8", "embedding_size=32", "batch_size=4", "num_epoch=2", "shrink_epoch=[2]", "num_workers=0",
+    "frequent=2", "eval_batch_size=16", "val_targets=['lfw']", "partial_fc=True", "sample_rate=0.5",
+]
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun(data_dir, output, *launcher_args):
+    sets = [f"rec={data_dir}", f"output={output}", *TINY_RUN]
+    command = [sys.executable, "-m", "torch.distributed.run", *launcher_args, "train.py", "--dataset", "synthetic"]
+    command += [x for s in sets for x in ("--set", s)]
+    # torchrun sets OMP_NUM_THREADS=1 only for several processes per node: the same threads everywhere
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def wait_all(processes):
+    for process in processes:
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err.decode()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def synthetic_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synthetic")
+    make_synthetic.main(
+        ["--output", str(out), "--num-ids", "8", "--images-per-id", "6", "--eval-ids", "8", "--pairs", "20",
+         "--targets", "train,lfw", "--workers", "1", "--no-progress", "--force"]
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_node_run(synthetic_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one_node") / "run"
+    wait_all([torchrun(synthetic_data, out, "--nproc_per_node=2")])
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rendezvous", ["master", "c10d"])
+def test_two_nodes_end_with_the_weights_of_one_node(synthetic_data, one_node_run, tmp_path, rendezvous):
+    out = tmp_path / "run"
+    port = free_port()
+    if rendezvous == "master":
+        nodes = [["--nnodes=2", f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}"]
+                 for rank in range(2)]
+    else:
+        nodes = [["--nnodes=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=pfc"]] * 2
+    wait_all([torchrun(synthetic_data, out, "--nproc_per_node=1", *node) for node in nodes])
+
+    one, two = (train_state.read_checkpoint(str(run / "checkpoint-12.pt")) for run in (one_node_run, out))
+    assert two["world_size"] == 2
+    for key, value in one["backbone"].items():
+        assert torch.equal(two["backbone"][key], value), key
+    a, b = (c["partial_fc"]["head.head.kernel"] for c in (one, two))
+    assert a["class_ranges"] == b["class_ranges"] == [[0, 4], [4, 8]]
+    assert all(torch.equal(x, y) for x, y in zip(a["kernel"], b["kernel"]))
+    assert all(torch.equal(x, y) for x, y in zip(a["optimizer"]["momentum_buffer"], b["optimizer"]["momentum_buffer"]))
+    # the exported backbone is the plain insightface-style state dict, as without Partial FC
+    exported = torch.load(out / "backbone.pth", weights_only=True)
+    assert exported.keys() == one["backbone"].keys()
+    assert all(torch.equal(exported[k], v) for k, v in one["backbone"].items())
