@@ -5,7 +5,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from utils.sampler import DistributedClassGroupSampler, ResumableBatchSampler, ResumableDistributedSampler, read_labels_txt
+from utils.sampler import (
+    DistributedClassGroupSampler,
+    ResumableBatchSampler,
+    ResumableDistributedSampler,
+    read_labels_txt,
+)
 
 
 def test_facecl_example_order():

@@ -52,7 +52,8 @@ def args(data_dir, output, *extra):
 
 def state_of(path):
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    return checkpoint["backbone"], checkpoint["head"], checkpoint["optimizer"]["state"], checkpoint["ranks"][0]["buffers"]
+    buffers = checkpoint["ranks"][0]["buffers"]
+    return checkpoint["backbone"], checkpoint["head"], checkpoint["optimizer"]["state"], buffers
 
 
 def assert_bitwise_equal(a, b):

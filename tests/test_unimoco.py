@@ -286,13 +286,15 @@ def reference():
         model.momentum_update()
         perm = torch.randperm(8)
         shuffled = images[:, 1][perm]
-        k = torch.cat([F.normalize(model.projection_k(model.encoder_k(shuffled[4 * r : 4 * r + 4])), dim=1) for r in (0, 1)])
+        halves = [shuffled[4 * r : 4 * r + 4] for r in (0, 1)]  # each rank's BN batch
+        k = torch.cat([F.normalize(model.projection_k(model.encoder_k(half)), dim=1) for half in halves])
         k = k[torch.argsort(perm)]
         model.enqueue(k, labels)
     losses = []
     for r in (0, 1):
         logits = q[r] @ model.queue / model.T
-        targets = ((labels[4 * r : 4 * r + 4, None] == model.label_queue[None]) & (labels[4 * r : 4 * r + 4, None] != -1)).float()
+        mine = labels[4 * r : 4 * r + 4, None]
+        targets = ((mine == model.label_queue[None]) & (mine != -1)).float()
         losses.append(UnifiedContrastive(0.0)(logits, targets))
     ((losses[0] + losses[1]) / 2).backward()  # DDP averages the ranks' gradients
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -370,7 +372,8 @@ def test_queue_not_a_multiple_of_the_global_batch():
 
 def test_build_method_from_a_preset():
     cfg = load_config(
-        str(PRESETS / "synthetic_unimoco_cpu.py"), overrides=["embedding_size=16", "moco_mlp=same_out", "num_classes=10"]
+        str(PRESETS / "synthetic_unimoco_cpu.py"),
+        overrides=["embedding_size=16", "moco_mlp=same_out", "num_classes=10"],
     )
     method = build_method(cfg, get_backbone("iresnet18", width=4, num_features=16, dropout=0.4))
     assert isinstance(method, UniMoCo) and method.backbone.dropout_p == 0.0  # FaceCL: no dropout

@@ -53,7 +53,9 @@ def _cos_schedule(cfg: Any, steps_per_epoch: int) -> Schedule:
 def _poly_schedule(cfg: Any, steps_per_epoch: int) -> Schedule:
     total, warmup = steps_per_epoch * cfg.num_epoch, int(steps_per_epoch * cfg.warmup_epoch)
     if warmup >= total:
-        raise ValueError(f"warmup_epoch {cfg.warmup_epoch} leaves no step after the warm-up (num_epoch {cfg.num_epoch})")
+        raise ValueError(
+            f"warmup_epoch {cfg.warmup_epoch} leaves no step after the warm-up (num_epoch {cfg.num_epoch})"
+        )
     return lambda step: poly_factor(step, total, warmup)
 
 

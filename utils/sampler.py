@@ -168,7 +168,9 @@ def read_labels_txt(path: str, keys: Sequence[int] | np.ndarray) -> np.ndarray:
             try:
                 key, label = int(parts[0]), int(float(parts[1]))
             except (ValueError, IndexError):
-                raise ValueError(f"{path}:{lineno}: expected '<record key>\\t<label>', found {line.strip()!r}") from None
+                raise ValueError(
+                    f"{path}:{lineno}: expected '<record key>\\t<label>', found {line.strip()!r}"
+                ) from None
             by_key[key] = label
     missing = [int(k) for k in keys if int(k) not in by_key]
     if missing:
