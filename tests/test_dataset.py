@@ -308,6 +308,13 @@ def test_flip_decision_is_a_fair_pure_function():
         assert 1850 < agree < 2150  # independent, not copied or inverted
 
 
+def test_flip_decisions_vectorised_equal_the_scalar_ones():
+    indices = np.r_[np.arange(3000), [2**31, 2**40 + 7, 2**63 - 1]]
+    for seed, epoch in ((0, 0), (7, 3), (2**40, 2**33 + 1)):
+        expected = [flip_decision(seed, epoch, int(i)) for i in indices]
+        assert dataset_mod.flip_decisions(seed, epoch, indices).tolist() == expected
+
+
 def test_flip_follows_seed_epoch_index_not_global_rng(tmp_path):
     images = write_rec(tmp_path, [0.0] * 12)
     ds = MXFaceDataset(tmp_path, seed=7)

@@ -49,6 +49,7 @@ __all__ = [
     "MXFaceDataset",
     "collate_faces",
     "flip_decision",
+    "flip_decisions",
     "get_train_dataset",
     "list_image_folder",
     "normalize_batch",
@@ -90,6 +91,16 @@ def flip_decision(seed: int, epoch: int, index: int) -> bool:
     """Whether sample ``index`` is mirrored in ``epoch``: a pure function of its three arguments."""
     h = _mix64(_mix64(_mix64(seed & _MASK64) ^ (epoch & _MASK64)) ^ (index & _MASK64))
     return bool(h >> 63)
+
+
+def flip_decisions(seed: int, epoch: int, indices: np.ndarray) -> np.ndarray:
+    """``flip_decision`` for many indices at once (uint64 NumPy arithmetic wraps as the masks do)."""
+    x = np.asarray(indices).astype(np.int64).view(np.uint64) ^ np.uint64(_mix64(_mix64(seed & _MASK64)
+                                                                                  ^ (epoch & _MASK64)))
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return ((x ^ (x >> np.uint64(31))) >> np.uint64(63)).astype(bool)
 
 
 # insightface's (x / 255 - 0.5) / 0.5 in float32, for the 256 possible pixel values. A table,
@@ -139,8 +150,8 @@ class _FaceDataset(Dataset):
         """(decoded H x W x 3 RGB pixels, class id, where it came from) of sample ``index``."""
         raise NotImplementedError
 
-    def _checked(self, index: int) -> tuple[np.ndarray, int, bool]:
-        """(RGB pixels, class id, whether to mirror them) of sample ``index``."""
+    def _checked(self, index: int) -> tuple[np.ndarray, int]:
+        """(RGB pixels, class id) of sample ``index``, its size checked."""
         rgb, label, where = self._load(index)
         if rgb.shape[:2] != self.image_size:
             h, w = self.image_size
@@ -148,10 +159,11 @@ class _FaceDataset(Dataset):
                 f"{where}: image is {rgb.shape[1]}x{rgb.shape[0]}, expected {w}x{h} "
                 f"(convert the data with `python -m tools.im2rec --resize`)"
             )
-        return rgb, label, self.augment and flip_decision(self.seed, self.epoch, index)
+        return rgb, label
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rgb, label, flip = self._checked(index)
+        rgb, label = self._checked(index)
+        flip = self.augment and flip_decision(self.seed, self.epoch, index)
         if flip:
             rgb = cv2.flip(rgb, 1)
         # a CHW view of the decoded HWC pixels, no copy: collate_faces stacks the HWC memory
@@ -165,8 +177,9 @@ class _FaceDataset(Dataset):
         images = _batch_buffer((len(indices), h, w, 3))
         rows = images.numpy()
         labels = np.empty(len(indices), np.int64)
-        for row, index in enumerate(indices):
-            rgb, labels[row], flip = self._checked(index)
+        flips = flip_decisions(self.seed, self.epoch, indices) if self.augment else np.zeros(len(indices), bool)
+        for row, (index, flip) in enumerate(zip(indices, flips.tolist())):
+            rgb, labels[row] = self._checked(index)
             if flip:
                 cv2.flip(rgb, 1, dst=rows[row])
             else:
