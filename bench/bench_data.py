@@ -47,7 +47,8 @@ def decode_pass(payloads: list[np.ndarray], threads: int, pool: ThreadPoolExecut
         return time.thread_time() - cpu
 
     start = time.perf_counter()
-    cpu = sum(pool.map(decode_all, chunks))
+    # one thread: in the calling thread, as the loader's in-thread row
+    cpu = decode_all(payloads) if threads == 1 else sum(pool.map(decode_all, chunks))
     return len(payloads) / (time.perf_counter() - start), len(payloads) / max(cpu, 1e-9)
 
 
