@@ -212,7 +212,8 @@ def baseline_step_fn(args, row: Row, device: torch.device):
 
 def measure(args, row: Row, device_name: str) -> dict:
     """images/s and peak memory of ``row`` (run where it is called: a fresh process on the CPU)."""
-    torch.set_num_threads(args.threads or torch.get_num_threads())
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(device_name)
     step = (baseline_step_fn if row.style == "baseline" else ours_step_fn)(args, row, device)
     for _ in range(args.warmup):  # compilation, cuDNN autotuning, allocator warm-up
@@ -220,17 +221,18 @@ def measure(args, row: Row, device_name: str) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(args.steps):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {"images_s": args.steps * args.batch_size / seconds, "peak_mib": peak}
+    images = args.steps * args.batch_size
+    return {"images_s": images / seconds, "images_cpu_s": images / cpu, "peak_mib": peak}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -246,10 +248,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per row")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     parser.add_argument("--device", help="cuda or cpu (default: cuda if available)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads on the CPU (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default on the CPU: 1, so that CPU time measures the work "
+                        "on a shared machine; 0: torch's default)")
     args = parser.parse_args(argv)
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.threads is None:
+        args.threads = 1 if device == "cpu" else 0
     compiles = args.compile or ("no,yes" if device.startswith("cuda") else "no")
     rows = []
     for method in args.methods.split(","):
@@ -260,14 +266,15 @@ def main(argv: list[str] | None = None) -> None:
                     rows.append(Row(method, "ours", precision, layout, comp.strip() == "yes"))
 
     print(f"machine: {describe_machine()}")
-    print(f"{args.network} width {args.width}, batch {args.batch_size}, {args.num_classes} classes, {device}; "
+    print(f"{args.network} width {args.width}, batch {args.batch_size}, {args.num_classes} classes, {device}, "
+          f"{args.threads or 'default'} torch threads; "
           f"{args.warmup} warm-up + {args.steps} timed steps per row"
           f"{'; each CPU row in a fresh process' if device == 'cpu' else ''}")
-    header = f"{'row':<48}{'images/s':>10}{'peak MiB':>10}{'ratio':>8}"
+    header = f"{'row':<48}{'images/s':>10}{'ratio':>7}{'img/CPU-s':>11}{'ratio':>7}{'peak MiB':>10}"
     print(header)
     print("-" * len(header))
     spawn = multiprocessing.get_context("spawn")
-    base_rate = None
+    base = None
     for row in rows:
         reason = skip_reason(row, torch.device(device))
         if reason:
@@ -280,10 +287,12 @@ def main(argv: list[str] | None = None) -> None:
             result = measure(args, row, device)
             torch.cuda.empty_cache()
         if row.style == "baseline":
-            base_rate = result["images_s"]
-        ratio = result["images_s"] / base_rate if base_rate else float("nan")
-        print(f"{row.label():<48}{result['images_s']:>10.1f}{result['peak_mib']:>10.0f}{ratio:>8.2f}", flush=True)
-    print(f"ratio: images/s over the baseline row of the same method; load average after the run "
+            base = result
+        wall, cpu = result["images_s"], result["images_cpu_s"]
+        print(f"{row.label():<48}{wall:>10.1f}{wall / base['images_s']:>7.2f}{cpu:>11.1f}"
+              f"{cpu / base['images_cpu_s']:>7.2f}{result['peak_mib']:>10.0f}", flush=True)
+    print(f"ratio: over the baseline row of the same method; img/CPU-s: images per CPU-second of the "
+          f"process (with one thread, the measure a shared CPU keeps); load average after the run "
           f"{os.getloadavg()[0]:.1f}")
 
 

@@ -301,7 +301,3 @@ def iter_batches(dataset: IJBAlignedFaces, batch_size: int, num_workers: int, pi
         while pending:
             yield pending.popleft().result()
 
-
-def worker_init(_: int) -> None:
-    """DataLoader worker init: one OpenCV thread per worker (the workers are the parallelism)."""
-    cv2.setNumThreads(1)
