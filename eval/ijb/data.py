@@ -300,4 +300,3 @@ def iter_batches(dataset: IJBAlignedFaces, batch_size: int, num_workers: int, pi
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
-
