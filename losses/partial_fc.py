@@ -86,9 +86,8 @@ class _DistCrossEntropy(torch.autograd.Function):
         top = _all_reduce(logits.max(dim=1, keepdim=True).values, dist.ReduceOp.MAX)
         probs = (logits - top).exp_()
         total = _all_reduce(probs.sum(dim=1, keepdim=True))
-        own = labels >= 0
-        target = torch.where(own, target_values(logits, labels), torch.zeros((), dtype=logits.dtype, device=logits.device))
-        target = _all_reduce(target)
+        # the target logit lives on one rank; the others add 0
+        target = _all_reduce(torch.where(labels >= 0, target_values(logits, labels), logits.new_zeros(())))
         # log-sum-exp minus the target logit: no log of a tiny probability
         loss = (total.log().squeeze(1) + top.squeeze(1) - target).mean()
         probs.div_(total)
@@ -126,7 +125,9 @@ class PartialFC(nn.Module):
             )
         self.embedding_size, self.num_classes, self.sample_rate = embedding_size, num_classes, float(sample_rate)
         self.class_start, self.num_local = class_split(num_classes, self.world_size, self.rank)
-        self.num_sample = int(self.sample_rate * self.num_local)
+        # at least one column: a rank whose block has no positive in the batch still scores one
+        # negative (an empty block would leave the softmax's max without elements)
+        self.num_sample = max(1, int(self.sample_rate * self.num_local))
         self.head: MarginHead = get_head(head_name, embedding_size, self.num_local, **head_params)
         self._labels_checked = False
 

@@ -23,7 +23,7 @@ from losses import HEADS, PartialFC, SingleBranch, get_head
 from losses.partial_fc import class_split, sharded_parameter_names
 from tools import make_synthetic
 from utils import train_state
-from utils.sharded_state import gather_sharded_state
+from utils.sharded_state import checkpoint_centers, gather_sharded_state
 
 D, C, N_LOCAL, WORLD = 8, 5, 4, 2  # 5 classes on 2 ranks: [0, 3) and [3, 5)
 SEED = 1234
@@ -325,6 +325,9 @@ def test_sample_keeps_positives_and_counts():
     many = torch.arange(0, 100, 8)  # 13 positives > 10
     index, remapped = pfc.sample(many)
     assert torch.equal(index, many) and torch.equal(remapped, torch.arange(13))
+    # never an empty block: int(0.1 * 5) = 0 becomes one column
+    assert PartialFC("arcface", D, 5, sample_rate=0.1).num_sample == 1
+    assert len(PartialFC("arcface", D, 5, sample_rate=0.1).sample(torch.tensor([-1, -1]))[0]) == 1
 
 
 def test_unsampled_centers_get_exactly_zero_gradient():
@@ -432,3 +435,18 @@ def test_two_nodes_end_with_the_weights_of_one_node(synthetic_data, one_node_run
     exported = torch.load(out / "backbone.pth", weights_only=True)
     assert exported.keys() == one["backbone"].keys()
     assert all(torch.equal(exported[k], v) for k, v in one["backbone"].items())
+
+
+def test_checkpoint_centers_of_sharded_and_replicated_checkpoints(ranks):
+    checkpoint = torch.load(ranks[0]["checkpoint"], weights_only=True)
+    shards = checkpoint["partial_fc"]["head.head.kernel"]["kernel"]
+    full = torch.cat(shards, dim=1)  # classes [0, 4) and [4, 7)
+    centers, why = checkpoint_centers(checkpoint, RESUME_C, 0, RESUME_C)  # into a replicated head
+    assert torch.equal(centers, full) and why == ""
+    centers, _ = checkpoint_centers(checkpoint, RESUME_C, 2, 5)  # a block across both shards
+    assert torch.equal(centers, full[:, 2:5])
+    assert checkpoint_centers(checkpoint, 8, 0, 4) == (None, "the file's 7 classes do not fit 8")
+    replicated = {"head": {"head.kernel": full}}
+    assert torch.equal(checkpoint_centers(replicated, RESUME_C, 4, 7)[0], full[:, 4:7])
+    assert checkpoint_centers(replicated, 8, 0, 4) == (None, f"({D}, 7) does not fit 8 classes")
+    assert checkpoint_centers({"head": {}}, RESUME_C, 0, 4) == (None, "the file has none")
