@@ -44,6 +44,14 @@ def global_batch():
     return embeddings, labels
 
 
+# ContraFace stage 2 calls the head once per dropout view: the stateful heads update twice
+TWO_VIEW_HEADS = [name for name in ("curricularface", "adaface", "magface") if name in HEADS]
+
+
+def two_views(embeddings):
+    return embeddings, embeddings * 0.7 + 0.3
+
+
 def sampled_batch():
     embeddings = torch.randn(WORLD * N_LOCAL, D, generator=torch.Generator().manual_seed(5)) * 5
     # rank 0's block [0, 10) has positives {1, 7}; rank 1's block [10, 20) has 6 > 5 positives
@@ -71,6 +79,20 @@ def worker(rank, init_file, result_file):
             "loss": loss.detach(),
             "embedding_grad": local.grad,
             "kernel_grad": pfc.kernel.grad,
+            "buffers": {k: v.clone() for k, v in pfc.head.named_buffers()},
+        }
+
+    results["two_views"] = {}
+    for name in TWO_VIEW_HEADS:
+        pfc = PartialFC(name, D, C)
+        start, stop = pfc.class_range
+        with torch.no_grad():
+            pfc.kernel.copy_(full_kernel()[:, start:stop])
+        view1, view2 = (v[rows].clone().requires_grad_() for v in two_views(embeddings))
+        loss = 0.5 * pfc.loss(view1, labels[rows]) + 0.5 * pfc.loss(view2, labels[rows])
+        loss.backward()
+        results["two_views"][name] = {
+            "loss": loss.detach(), "grads": [view1.grad, view2.grad], "kernel_grad": pfc.kernel.grad,
             "buffers": {k: v.clone() for k, v in pfc.head.named_buffers()},
         }
 
@@ -203,6 +225,27 @@ def test_two_ranks_equal_the_full_head(ranks, name):
         torch.testing.assert_close(got["kernel_grad"], kernel_grad[:, start:stop], rtol=1e-5, atol=1e-5)
         assert got["buffers"].keys() == buffers.keys()
         for key, value in buffers.items():
+            torch.testing.assert_close(got["buffers"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("name", TWO_VIEW_HEADS)
+def test_two_calls_per_step_equal_the_full_head_twice(ranks, name):
+    head = get_head(name, D, C)
+    with torch.no_grad():
+        head.kernel.copy_(full_kernel())
+    embeddings, labels = global_batch()
+    views = [v.detach().requires_grad_() for v in two_views(embeddings)]
+    loss = 0.5 * head.loss(views[0], labels) + 0.5 * head.loss(views[1], labels)
+    loss.backward()
+    for rank, result in enumerate(ranks):
+        got = result["two_views"][name]
+        rows = slice(rank * N_LOCAL, (rank + 1) * N_LOCAL)
+        start, stop = result["heads"][name]["range"]
+        torch.testing.assert_close(got["loss"], loss.detach(), rtol=1e-5, atol=1e-5)
+        for grad, view in zip(got["grads"], views):
+            torch.testing.assert_close(grad / WORLD, view.grad[rows], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got["kernel_grad"], head.kernel.grad[:, start:stop], rtol=1e-5, atol=1e-5)
+        for key, value in head.named_buffers():
             torch.testing.assert_close(got["buffers"][key], value, rtol=1e-5, atol=1e-6, msg=key)
 
 
