@@ -9,7 +9,8 @@ schedule, data and seed list for every head), into ``--output`` (a temporary fol
 The number reported per verification set is the highest accuracy over the per-epoch
 evaluations, as the paper reports, read from the run's ``training.log``; the mean column is the
 mean of those. ContraFace rows also show the change of the mean against the same head alone
-(the baseline, trained in the same invocation).
+(the baseline, trained with the same schedule). Called again with the same ``--output``, it
+reads back the runs that finished and resumes an interrupted one from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -108,10 +109,14 @@ def read_highest(log_path: str) -> dict[str, float]:
 def train_one(args: argparse.Namespace, head: str, method: str, seed: int, root: str) -> dict[str, float]:
     """Train one (head, method, seed) with train.main; its training log is silenced to the file."""
     output = os.path.join(root, f"{head}-{method}-seed{seed}")
-    argv = run_overrides(args, head, method, seed, output)
+    log_path = os.path.join(output, "training.log")
+    if os.path.isfile(log_path) and "]-finished at step" in open(log_path).read():
+        return read_highest(log_path)  # done by an earlier invocation with the same --output
+    # --resume auto: a run interrupted earlier continues from its last checkpoint (exact resume)
+    argv = run_overrides(args, head, method, seed, output) + ["--resume", "auto"]
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
         train.main(argv)
-    return read_highest(os.path.join(output, "training.log"))
+    return read_highest(log_path)
 
 
 def format_table(results: dict[tuple[str, str], list[dict[str, float]]]) -> str:
