@@ -273,6 +273,7 @@ def load_init_weights(method: torch.nn.Module, path: str) -> None:
     obj = load_state(path)
     state, meta = extract_backbone_state(obj, path)
     apply_state(method.backbone, state, meta)
+    method.backbone_loaded()
     head = getattr(method, "head", None)
     kernel = getattr(head, "kernel", None)
     if not isinstance(kernel, torch.Tensor):

@@ -49,6 +49,9 @@ class TrainingMethod(nn.Module):
     def set_epoch(self, epoch: int) -> None:
         """Called before every epoch (stage switches)."""
 
+    def backbone_loaded(self) -> None:
+        """Called after ``init_weights`` put new weights into ``backbone`` (copies follow them)."""
+
     def extra_state(self) -> dict[str, torch.Tensor]:
         """Device scalars worth logging beside the losses."""
         return {}

@@ -28,6 +28,7 @@ from torch import nn
 
 from losses.heads import MarginHead, get_head
 from losses.heads.base import compute_dtype, full_precision, target_values
+from utils.config import ConfigError
 
 
 def class_split(num_classes: int, world_size: int, rank: int) -> tuple[int, int]:
@@ -116,10 +117,10 @@ class PartialFC(nn.Module):
     def __init__(self, head_name: str, embedding_size: int, num_classes: int, sample_rate: float = 1.0, **head_params):
         super().__init__()
         if not 0.0 < sample_rate <= 1.0:
-            raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
+            raise ConfigError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
         self.rank, self.world_size = _rank_and_world()
         if self.world_size > num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"partial_fc: world size {self.world_size} is larger than num_classes {num_classes}; "
                 "every rank needs at least one class (use the replicated head: partial_fc = False)"
             )

@@ -197,6 +197,11 @@ class UniMoCo(nn.Module):
     def _key_params(self) -> list[nn.Parameter]:
         return [*self.encoder_k.parameters(), *self.projection_k.parameters()]
 
+    @torch.no_grad()
+    def backbone_loaded(self) -> None:
+        """``init_weights`` loaded the query encoder: the key encoder starts from it again."""
+        self.encoder_k.load_state_dict(self.backbone.state_dict())
+
     def set_epoch(self, epoch: int) -> None:
         """Called before every epoch; UniMoCo has no stages."""
 

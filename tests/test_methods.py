@@ -73,3 +73,13 @@ def test_non_finite_guard_reports_the_first_bad_step(tmp_path):
     guard.update(torch.tensor(float("inf")), 4)
     with pytest.raises(FloatingPointError, match=r"non-finite loss at step 4 \(noticed at step 6\).*none yet"):
         guard.check(6)
+
+
+def test_logging_window_averages_a_part_over_its_own_steps(caplog):
+    """Stage 2 starting mid-window: L2 is the mean of the steps that had it, not diluted."""
+    callback = CallBackLogging(frequent=2, total_step=4, start_step=0, global_batch=8)
+    with caplog.at_level(logging.INFO, logger="utils.callbacks"):
+        callback(1, 0, {"Loss": torch.tensor(1.0), "L1": torch.tensor(1.0)}, {}, 0.1)
+        callback(2, 1, {"Loss": torch.tensor(3.0), "L1": torch.tensor(2.0), "L2": torch.tensor(4.0)}, {}, 0.1)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "-Loss 2.0000 -L1 1.5000 -L2 4.0000 -LR" in line

@@ -133,6 +133,15 @@ def test_initial_state():
     assert trainable == {id(p) for p in query if p.requires_grad}  # iresnet's `features` BN weight is frozen
 
 
+def test_init_weights_restarts_the_key_encoder_from_the_query():
+    model = tiny_model()
+    other = get_backbone("iresnet18", width=4, num_features=16)
+    model.backbone.load_state_dict(other.state_dict())  # what train.py's init_weights does
+    model.backbone_loaded()
+    for q, k in zip(model.backbone.state_dict().values(), model.encoder_k.state_dict().values()):
+        assert torch.equal(q, k)
+
+
 def test_momentum_update():
     model = tiny_model(m=0.9)
     with torch.no_grad():

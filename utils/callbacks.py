@@ -39,7 +39,7 @@ class CallBackLogging:
         self.time_start = time.time()
         self.tic = time.time()
         self.sums: dict[str, torch.Tensor] = {}
-        self.count = 0
+        self.counts: dict[str, int] = {}
 
     def __call__(
         self, step: int, epoch: int, losses: dict[str, torch.Tensor], states: dict[str, torch.Tensor], lr: float
@@ -48,11 +48,13 @@ class CallBackLogging:
         for name, value in losses.items():
             value = value.detach().float()
             self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
-        self.count += 1
+            # per name: a part that starts mid-window (stage 2's L2, LC) is averaged over its own steps
+            self.counts[name] = self.counts.get(name, 0) + 1
         if step % self.frequent != 0:
             return
         names = [*self.sums, *states]
-        tensors = [*(v / self.count for v in self.sums.values()), *(v.detach().float() for v in states.values())]
+        means = (total / self.counts[name] for name, total in self.sums.items())
+        tensors = [*means, *(v.detach().float() for v in states.values())]
         values = dict(zip(names, torch.stack(tensors).tolist()))  # the one host synchronisation
         now = time.time()
         speed = self.frequent * self.global_batch / max(now - self.tic, 1e-9)
@@ -64,7 +66,7 @@ class CallBackLogging:
         if self.writer is not None:
             for name, value in {"loss": total, "speed": speed, "lr": lr, **values}.items():
                 self.writer.add_scalar(f"train/{name}", value, step)
-        self.sums, self.count = {}, 0
+        self.sums, self.counts = {}, {}
         self.tic = now
 
 

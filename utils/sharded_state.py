@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 from losses.partial_fc import PartialFC, partial_fc_modules
+from utils.config import ConfigError
 
 
 def _kernel_key(name: str) -> str:
@@ -114,17 +115,17 @@ def load_sharded_state(
     entries = checkpoint.get("partial_fc") or {}
     modules = partial_fc_modules(method)
     if entries and not modules:
-        raise ValueError(f"{path} was written with partial_fc = True; resume it with --set partial_fc=True")
+        raise ConfigError(f"{path} was written with partial_fc = True; resume it with --set partial_fc=True")
     for name, pfc in modules.items():
         key = _kernel_key(name)
         if key not in entries:
-            raise ValueError(
+            raise ConfigError(
                 f"{path} has no sharded class centers {key!r} (written with partial_fc = False?); resume it "
                 "with --set partial_fc=False, or start from its weights with init_weights"
             )
         entry = entries[key]
         if entry["num_classes"] != pfc.num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"{path}: its class centers cover {entry['num_classes']} classes, but num_classes is "
                 f"{pfc.num_classes} in the config"
             )

@@ -140,7 +140,8 @@ def save_checkpoint(
 def read_checkpoint(path: str) -> dict[str, Any]:
     """Load a training checkpoint (tensors on CPU) and check it is one of ours."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        # memory-mapped: a rank reads the pages it uses, not the whole file (WebFace42M: GBs of centers)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint {path} not found") from None
     except Exception as exc:  # UnpicklingError, RuntimeError on a truncated zip, ...
