@@ -16,7 +16,8 @@ import textwrap
 import pytest
 import torch
 
-from test_train import ROOT, args, assert_bitwise_equal, data_dir, state_of  # noqa: F401 (fixture)
+from runs import ROOT, assert_bitwise_equal
+from test_train import args, data_dir, state_of  # noqa: F401 (fixture)
 from utils import train_state
 
 # 48 images, 4 per process and step: 6 steps per epoch, stage 2 from epoch 1, a checkpoint every 2 steps

@@ -2,18 +2,15 @@
 
 import hashlib
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 import train
-from tools import make_synthetic
+from runs import assert_bitwise_equal, kill_when_saved, make_tiny_synthetic
 from utils import train_state
 from utils.checkpoint import load_weights
 from utils.config import ConfigError
@@ -37,12 +34,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synthetic")
-    make_synthetic.main(
-        ["--output", str(out), "--num-ids", "8", "--images-per-id", "6", "--eval-ids", "8", "--pairs", "20",
-         "--targets", "train,lfw", "--workers", "1", "--no-progress", "--force"]
-    )
-    return out
+    return make_tiny_synthetic(tmp_path_factory.mktemp("synthetic"))
 
 
 def args(data_dir, output, *extra):
@@ -57,15 +49,6 @@ def file_digest(path):
 def state_of(path):
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     return checkpoint["backbone"], checkpoint["head"], checkpoint["optimizer"]["state"]
-
-
-def assert_bitwise_equal(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        if isinstance(a[key], dict):
-            assert_bitwise_equal(a[key], b[key])
-        else:
-            assert torch.equal(a[key], b[key]), key
 
 
 def test_training_runs_logs_and_exports(data_dir, tmp_path):
@@ -92,16 +75,8 @@ def test_resume_after_sigkill_is_bitwise_exact(data_dir, tmp_path):
     train.main(args(data_dir, reference, "save_step=2"))
 
     killed = tmp_path / "killed"
-    command = [sys.executable, "train.py", *args(data_dir, killed, "save_step=2")]
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while not (killed / "checkpoint-4.pt").exists():  # mid-epoch 0 (6 steps per epoch)
-        assert process.poll() is None, process.stderr.read().decode()
-        assert time.time() < deadline
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
+    # killed mid-epoch 0 (6 steps per epoch)
+    kill_when_saved("train.py", args(data_dir, killed, "save_step=2"), killed / "checkpoint-4.pt")
     steps_left = [step for step, _ in train_state.list_checkpoints(killed)]
     assert steps_left and max(steps_left) < 18
 

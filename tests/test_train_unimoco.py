@@ -1,10 +1,8 @@
 """train_unimoco.py (FaceCL's command line) end to end on tiny synthetic data: runs, exact resume, weights."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,7 @@ import torch
 
 import train_unimoco
 from backbones import get_backbone
-from tools import make_synthetic
+from runs import assert_bitwise_equal, kill_when_saved, make_tiny_synthetic
 from utils import train_state
 from utils.checkpoint import load_weights
 from utils.config import ConfigError
@@ -37,12 +35,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synthetic")
-    make_synthetic.main(
-        ["--output", str(out), "--num-ids", "8", "--images-per-id", "6", "--eval-ids", "8", "--pairs", "20",
-         "--targets", "train,lfw", "--workers", "1", "--no-progress", "--force"]
-    )
-    return out
+    return make_tiny_synthetic(tmp_path_factory.mktemp("synthetic"))
 
 
 def args(data_dir, output, *extra):
@@ -54,15 +47,6 @@ def state_of(path):
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     buffers = checkpoint["ranks"][0]["buffers"]
     return checkpoint["backbone"], checkpoint["head"], checkpoint["optimizer"]["state"], buffers
-
-
-def assert_bitwise_equal(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        if isinstance(a[key], dict):
-            assert_bitwise_equal(a[key], b[key])
-        else:
-            assert torch.equal(a[key], b[key]), key
 
 
 def test_config_argument_forms(tmp_path):
@@ -102,16 +86,8 @@ def test_resume_after_sigkill_is_bitwise_exact(data_dir, tmp_path):
     train_unimoco.main(args(data_dir, reference, "save_step=2"))
 
     killed = tmp_path / "killed"
-    command = [sys.executable, "train_unimoco.py", *args(data_dir, killed, "save_step=2")]
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while not (killed / "checkpoint-4.pt").exists():  # mid-epoch 0 (6 steps per epoch)
-        assert process.poll() is None, process.stderr.read().decode()
-        assert time.time() < deadline
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
+    # killed mid-epoch 0 (6 steps per epoch)
+    kill_when_saved("train_unimoco.py", args(data_dir, killed, "save_step=2"), killed / "checkpoint-4.pt")
     steps_left = [step for step, _ in train_state.list_checkpoints(killed)]
     assert steps_left and max(steps_left) < 12
 

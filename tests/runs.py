@@ -1,0 +1,50 @@
+"""Helpers for the end-to-end training tests: tiny synthetic data, bitwise comparison, a SIGKILL mid-run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from tools import make_synthetic
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_tiny_synthetic(out: Path) -> Path:
+    """48 training images of 8 identities and a 20-pair lfw.bin in ``out``."""
+    make_synthetic.main(
+        ["--output", str(out), "--num-ids", "8", "--images-per-id", "6", "--eval-ids", "8", "--pairs", "20",
+         "--targets", "train,lfw", "--workers", "1", "--no-progress", "--force"]
+    )
+    return out
+
+
+def assert_bitwise_equal(a: dict, b: dict) -> None:
+    """Nested dicts of tensors hold the same keys and bit-identical tensors."""
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], dict):
+            assert_bitwise_equal(a[key], b[key])
+        else:
+            assert torch.equal(a[key], b[key]), key
+
+
+def kill_when_saved(script: str, argv: list[str], checkpoint: Path, timeout: float = 300) -> None:
+    """Run ``python script argv`` and SIGKILL it as soon as ``checkpoint`` exists."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    process = subprocess.Popen(
+        [sys.executable, script, *argv], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.time() + timeout
+    while not checkpoint.exists():
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.time() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
