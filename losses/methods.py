@@ -4,6 +4,7 @@ A method is an ``nn.Module`` that owns the backbone and its loss modules, so one
 DistributedDataParallel wrapper covers everything that has parameters. The trainer only calls
 
     dataset, batches = Method.train_data(cfg, env)   # what a step sees (class method)
+    method = Method.from_config(cfg, backbone)       # through build_method(cfg, backbone)
     method.param_groups()                   # the optimizer's parameter groups
     method.set_epoch(epoch)                 # stage switches (dropout, branches)
     out = method(images, labels)            # {"loss": tensor, "logs": {name: detached tensor}}
@@ -25,7 +26,7 @@ from torch.utils.data import Dataset
 from losses.contraface import ContraFace
 from losses.heads import HEAD_PARAMS, MarginHead, get_head
 from losses.partial_fc import PartialFC
-from losses.unimoco import UniMoCo, build_unimoco
+from losses.unimoco import UniMoCo
 from utils.dataset import get_train_dataset
 from utils.sampler import ResumableBatchSampler, ResumableDistributedSampler
 
@@ -41,6 +42,11 @@ class TrainingMethod(nn.Module):
         dataset = get_train_dataset(cfg.rec, num_classes=cfg.num_classes or None, seed=cfg.seed)
         sampler = ResumableDistributedSampler(dataset, env.world_size, env.rank, seed=cfg.seed)
         return dataset, ResumableBatchSampler(sampler, cfg.batch_size)
+
+    @classmethod
+    def from_config(cls, cfg: Any, backbone: nn.Module) -> "TrainingMethod":
+        """The method with its loss modules, from a config (``build_method`` calls this)."""
+        raise NotImplementedError
 
     def param_groups(self) -> list[dict[str, Any]]:
         """The optimizer's parameter groups: every trainable parameter, one group."""
@@ -66,6 +72,10 @@ class SingleBranch(TrainingMethod):
         self.head = head
         self.dropout = dropout
         self.backbone.dropout_p = dropout
+
+    @classmethod
+    def from_config(cls, cfg: Any, backbone: nn.Module) -> "SingleBranch":
+        return cls(backbone, build_head(cfg), dropout=cfg.dropout)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
         loss = self.head.loss(self.backbone(images), labels)
@@ -106,6 +116,19 @@ class ContraFaceTraining(SingleBranch):
         self.weights = weights
         self.contra = contra if contra is not None else ContraFace()
         self.double = False
+
+    @classmethod
+    def from_config(cls, cfg: Any, backbone: nn.Module) -> "ContraFaceTraining":
+        return cls(
+            backbone,
+            build_head(cfg),
+            switch_epoch=switch_epoch(cfg),
+            dropout=cfg.dropout,
+            dropout2=cfg.dropout2,
+            weights=(cfg.weight1, cfg.weight2, cfg.weightC, cfg.weightC2),
+            contra=ContraFace(s=cfg.contra_s, ema=cfg.contra_ema),
+            single=cfg.single,
+        )
 
     def set_epoch(self, epoch: int) -> None:
         """Switch to the double branch (and the larger dropout) from ``switch_epoch`` on."""
@@ -150,27 +173,17 @@ def head_params(cfg: Any) -> dict[str, Any]:
     return {key: cfg[key] for key in HEAD_PARAMS if cfg.get(key) is not None}
 
 
+def build_head(cfg: Any) -> nn.Module:
+    """The margin head of ``cfg.head`` over all classes, or sharded across the processes (Partial FC)."""
+    if cfg.get("partial_fc"):  # losses/partial_fc.py
+        return PartialFC(cfg.head, cfg.embedding_size, cfg.num_classes, cfg.sample_rate, **head_params(cfg))
+    return get_head(cfg.head, cfg.embedding_size, cfg.num_classes, **head_params(cfg))
+
+
 def build_method(cfg: Any, backbone: nn.Module) -> TrainingMethod:
-    """The training method named by ``cfg.method``, with its head, from a config."""
-    if cfg.method == "unimoco":
-        return build_unimoco(cfg, backbone)
-    if cfg.get("partial_fc"):  # the centers sharded across the processes (losses/partial_fc.py)
-        head = PartialFC(cfg.head, cfg.embedding_size, cfg.num_classes, cfg.sample_rate, **head_params(cfg))
-    else:
-        head = get_head(cfg.head, cfg.embedding_size, cfg.num_classes, **head_params(cfg))
-    if cfg.method == "single":
-        return SingleBranch(backbone, head, dropout=cfg.dropout)
-    if cfg.method == "contraface":
-        return ContraFaceTraining(
-            backbone,
-            head,
-            switch_epoch=switch_epoch(cfg),
-            dropout=cfg.dropout,
-            dropout2=cfg.dropout2,
-            weights=(cfg.weight1, cfg.weight2, cfg.weightC, cfg.weightC2),
-            contra=ContraFace(s=cfg.contra_s, ema=cfg.contra_ema),
-            single=cfg.single,
-        )
-    close = difflib.get_close_matches(str(cfg.method), METHODS, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"unknown method {cfg.method!r}{hint} (known: {', '.join(METHODS)})")
+    """The training method named by ``cfg.method``, with its loss modules, from a config."""
+    if cfg.method not in METHODS:
+        close = difflib.get_close_matches(str(cfg.method), METHODS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown method {cfg.method!r}{hint} (known: {', '.join(METHODS)})")
+    return METHODS[cfg.method].from_config(cfg, backbone)

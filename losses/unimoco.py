@@ -307,6 +307,10 @@ class UniMoCo(nn.Module):
         """Scalars to log beside the losses: the queue statistics (read every ``frequent`` steps)."""
         return self.queue_stats()
 
+    @classmethod
+    def from_config(cls, cfg: Any, backbone: nn.Module) -> "UniMoCo":
+        return build_unimoco(cfg, backbone)
+
 
 def build_unimoco(cfg: Any, backbone: nn.Module) -> UniMoCo:
     """UniMoCo from a config (the UniMoCo section of config/config.py), for this process group."""

@@ -43,6 +43,11 @@ def test_single_branch_ablation_switches_only_the_dropout():
     assert set(both(x, y)["logs"]) == {"L1", "L2", "LC"}
 
 
+def test_build_method_names_an_unknown_method():
+    with pytest.raises(ValueError, match=r"unknown method 'contrafce'; did you mean 'contraface'\?"):
+        build_method(edict(method="contrafce"), None)
+
+
 def test_param_groups_hold_every_trainable_parameter_once():
     method = contraface()
     (group,) = method.param_groups()
@@ -51,7 +56,7 @@ def test_param_groups_hold_every_trainable_parameter_once():
 
 def test_every_registered_method_offers_the_hooks():
     for cls in METHODS.values():
-        for hook in ("train_data", "param_groups", "set_epoch", "extra_state"):
+        for hook in ("from_config", "train_data", "param_groups", "set_epoch", "extra_state", "backbone_loaded"):
             assert callable(getattr(cls, hook)), (cls, hook)
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from eval.steps import ResultCache, best_steps, format_steps, settings_key
-from utils.checkpoint import is_step_weights, list_step_weights
+from utils.checkpoint import is_step_weights, list_step_weights, require_step_weights
 
 
 def test_list_step_weights_one_file_per_step(tmp_path):
@@ -19,6 +21,13 @@ def test_list_step_weights_one_file_per_step(tmp_path):
     assert found == [(5, "5model.pth"), (10, "backbone-10.pth"), (20, "checkpoint-20.pt"), (30, "30backbone.pth")]
     assert is_step_weights("run/backbone-3.pth") and not is_step_weights("5header.pth")
     assert list_step_weights(tmp_path / "backbone-40.pth") == []
+
+
+def test_require_step_weights_names_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"--weights {tmp_path}: no per-step weight files"):
+        require_step_weights(tmp_path)
+    (tmp_path / "backbone-6.pth").write_bytes(b"")
+    assert require_step_weights(tmp_path) == [(6, str(tmp_path / "backbone-6.pth"))]
 
 
 def test_best_steps_per_metric_and_mean():

@@ -40,6 +40,7 @@ __all__ = [
     "step_from_filename",
     "is_step_weights",
     "list_step_weights",
+    "require_step_weights",
     "export_backbone",
 ]
 
@@ -364,6 +365,16 @@ def list_step_weights(folder: str | os.PathLike) -> list[tuple[int, str]]:
             if step not in best or rank < best[step][0]:
                 best[step] = (rank, os.path.join(folder, name))
     return [(step, best[step][1]) for step in sorted(best)]
+
+
+def require_step_weights(folder: str | os.PathLike, flag: str = "--weights") -> list[tuple[int, str]]:
+    """:func:`list_step_weights`, or FileNotFoundError naming ``flag`` and the folder when it has none."""
+    steps = list_step_weights(folder)
+    if not steps:
+        raise FileNotFoundError(
+            f"{flag} {os.fspath(folder)}: no per-step weight files (backbone-<step>.pth, "
+            f"<step>model.pth, checkpoint-<step>.pt) in the folder")
+    return steps
 
 
 def read_checkpoint_meta(path: str | os.PathLike) -> dict:

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from eval.ijb import metrics, report
 from eval.ijb.data import IJBAlignedFaces, IJBMeta, iter_batches, load_meta, load_meta_1n
 from eval.steps import ResultCache, best_steps, format_steps, settings_key
-from utils.checkpoint import list_step_weights
+from utils.checkpoint import require_step_weights
 from utils.cli import run_cli
 from utils.fileio import atomic_path, refuse_overwrite
 
@@ -321,11 +321,7 @@ def step_scores(results: dict) -> dict[str, float]:
 
 def evaluate_run_folder(args: argparse.Namespace) -> dict:
     """Evaluate every per-step weight file of a run folder (cached), report each step and the best."""
-    steps = list_step_weights(args.weights)
-    if not steps:
-        raise FileNotFoundError(
-            f"--weights {args.weights}: no per-step weight files (backbone-<step>.pth, "
-            f"<step>model.pth, checkpoint-<step>.pt) in the folder")
+    steps = require_step_weights(args.weights)
     meta = load_meta(args.data_root, args.target)  # checked once, before any extraction
     target = meta.paths.target
     files = [meta.paths.name_5pts_score, meta.paths.pair_label]

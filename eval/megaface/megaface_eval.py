@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from eval.steps import ResultCache, best_steps, format_steps, settings_key
-from utils.checkpoint import list_step_weights
+from utils.checkpoint import require_step_weights
 from utils.cli import run_cli
 from utils.fileio import atomic_write_bytes
 
@@ -373,11 +373,7 @@ def step_scores(results: dict) -> dict[str, float]:
 
 def run_folder(args: argparse.Namespace) -> dict:
     """Evaluate every per-step weight file of a run folder (cached), report each step and the best."""
-    steps = list_step_weights(args.weights)
-    if not steps:
-        raise FileNotFoundError(
-            f"--weights {args.weights}: no per-step weight files (backbone-<step>.pth, "
-            f"<step>model.pth, checkpoint-<step>.pt) in the folder")
+    steps = require_step_weights(args.weights)
     cfg = _resolve(args)  # the inputs are checked once, before any extraction
     lists = [cfg["probe_list"], *(cfg["noises"] or ())]
     settings = settings_key({
