@@ -369,13 +369,6 @@ def test_dataset_aligns_loose_crops(ijb_tree):
         missing[0]
 
 
-@pytest.fixture
-def one_torch_thread():
-    """Tiny models run faster on one thread, and do not stall when the CPU is oversubscribed."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def cli_args(weights, root, out, *extra):
