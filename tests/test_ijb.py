@@ -370,7 +370,6 @@ def test_dataset_aligns_loose_crops(ijb_tree):
 
 
 
-
 def cli_args(weights, root, out, *extra):
     return ["--weights", str(weights), "--data-root", str(root), "--target", "IJBC", "--output", str(out),
             "--batch-size", "16", "--num-workers", "0", *extra]
