@@ -7,6 +7,7 @@ averages their gradients; the DDP run must match it.
 """
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from backbones import get_backbone
 from losses import build_method
+from utils.distributed import warn_if_restarts_share_store
 
 CFG = edict(
     method="contraface", head="arcface", embedding_size=16, num_classes=5, s=64.0, m=0.5,
@@ -76,3 +78,13 @@ def test_two_gloo_processes_match_per_rank_reference(tmp_path):
         torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-7, msg=lambda m, name=name: f"{name}: {m}")
     assert ddp["margin"] == pytest.approx(copies[0].contra.m)
     assert copies[0].contra.m != pytest.approx(copies[1].contra.m)  # the margin is per rank
+
+
+@pytest.mark.parametrize("restarts, shared, warned", [("3", "True", True), ("3", "False", False), ("0", "True", False)])
+def test_warns_where_torchrun_restarts_share_one_store(restarts, shared, warned):
+    environ = {"TORCHELASTIC_MAX_RESTARTS": restarts, "TORCHELASTIC_USE_AGENT_STORE": shared}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn_if_restarts_share_store(environ)
+    messages = [str(w.message) for w in caught]
+    assert any("TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in m and "--max-restarts 3" in m for m in messages) == warned

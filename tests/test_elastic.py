@@ -26,8 +26,13 @@ KILL_AT_STEP = 5  # mid-epoch 0, one step after checkpoint-4
 
 WRAPPER = textwrap.dedent('''
     """train.py, except that rank KILL_RANK SIGKILLs itself after step KILL_AT_STEP, on the first attempt only."""
-    import os, signal, sys
+    import os, signal, sys, time
     sys.path.insert(0, os.environ["REPO"])
+    attempt = os.environ["TORCHELASTIC_RESTART_COUNT"]
+    with open(os.environ["ATTEMPTS"], "a") as f:
+        f.write(f"{os.environ['RANK']} {attempt}\\n")
+    if attempt != "0" and os.environ["RANK"] == os.environ["KILL_RANK"]:
+        time.sleep(3)  # join late: the other rank reads this rank's address first (stale, if the store is shared)
     import train
     from utils.cli import run_cli
 
@@ -55,7 +60,8 @@ def torchrun(script, data, output, env, *extra):
 @pytest.mark.slow
 def test_killed_rank_is_restarted_and_the_run_ends_bit_identical(data_dir, tmp_path):  # noqa: F811
     env = {**os.environ, "OMP_NUM_THREADS": "1", "REPO": str(ROOT), "KILL_AT_STEP": str(KILL_AT_STEP),
-           "KILL_RANK": "1", "KILL_MARKER": str(tmp_path / "killed-once")}
+           "KILL_RANK": "1", "KILL_MARKER": str(tmp_path / "killed-once"), "ATTEMPTS": str(tmp_path / "attempts"),
+           "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}  # a fresh store per attempt, as the README says
     wrapper = tmp_path / "train_dies_once.py"
     wrapper.write_text(WRAPPER)
 
@@ -67,6 +73,8 @@ def test_killed_rank_is_restarted_and_the_run_ends_bit_identical(data_dir, tmp_p
     done = torchrun(wrapper, data_dir, elastic, env, "--max-restarts=3")
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "killed-once").exists()  # rank 1 did die
+    # one restart was enough: the restarted group connected at its first try
+    assert sorted((tmp_path / "attempts").read_text().split("\n")[:-1]) == ["0 0", "0 1", "1 0", "1 1"]
     log = (elastic / "training.log").read_text()
     assert "resumed from" in log and "checkpoint-4.pt" in log.split("resumed from", 1)[1].splitlines()[0]
     assert log.count(f"[{KILL_AT_STEP}][E 0]") == 0  # frequent=2: step 5 is never logged; 4 and 6 are

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,9 +47,25 @@ def init_distributed(local_rank: int | None = None) -> DistEnv:
     else:
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
+        if rank == 0:
+            warn_if_restarts_share_store(os.environ)
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size)
     return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+
+
+SHARED_STORE_HINT = (
+    "torchrun --max-restarts {restarts} shares one store between restart attempts, so a restarted "
+    "group can read the dead group's addresses and fail or hang while connecting "
+    "(pytorch/pytorch#135712); launch with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun ..."
+)
+
+
+def warn_if_restarts_share_store(environ: Mapping[str, str]) -> None:
+    """Warn where torchrun will restart workers that share its rendezvous store (restarts unreliable)."""
+    restarts = int(environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
+    if restarts > 0 and environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        warnings.warn(SHARED_STORE_HINT.format(restarts=restarts), RuntimeWarning, stacklevel=2)
 
 
 def barrier(env: DistEnv) -> None:
