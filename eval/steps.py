@@ -14,11 +14,13 @@ import hashlib
 import json
 import logging
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from utils.fileio import atomic_write_bytes
 
-__all__ = ["settings_key", "ResultCache", "best_steps", "format_steps"]
+__all__ = [
+    "settings_key", "file_stamps", "ResultCache", "evaluate_steps", "best_steps", "format_steps", "report_steps",
+]
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,11 @@ log = logging.getLogger(__name__)
 def settings_key(settings: Mapping[str, Any]) -> str:
     """A short stable hash of what, besides the weights, determines a result."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_stamps(paths: Iterable[str]) -> list[tuple[str, int, int]]:
+    """(absolute path, size, mtime) of each input file, for a settings key that changes with them."""
+    return [(os.path.abspath(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths]
 
 
 class ResultCache:
@@ -66,6 +73,30 @@ class ResultCache:
             atomic_write_bytes(self.path, data)
         except OSError as exc:  # e.g. a read-only run folder: the results are still reported
             log.warning("%s: cannot write the result cache (%s)", self.path, exc)
+
+
+def evaluate_steps(
+    steps: Sequence[tuple[int, str]],
+    cache: ResultCache,
+    settings: str,
+    evaluate: Callable[[str], dict[str, float]],
+    refresh: bool = False,
+) -> list[dict]:
+    """One row per (step, weight file): its scores from ``cache``, else ``evaluate(path)`` (then cached).
+
+    ``refresh`` evaluates every file again. Rows: ``{"step", "name", "weights", "scores"}``.
+    """
+    rows = []
+    for step, path in steps:
+        scores = None if refresh else cache.get(path, settings)
+        if scores is None:
+            scores = evaluate(path)
+            cache.put(path, settings, scores)
+        else:
+            log.info("%s: results from %s", os.path.basename(path), cache.path)
+        rows.append({"step": step, "name": os.path.basename(path), "weights": os.path.abspath(path),
+                     "scores": scores})
+    return rows
 
 
 def best_steps(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> dict[str, dict]:
@@ -118,3 +149,14 @@ def format_steps(
 
     rule = line(["-" * w for w in widths])
     return "\n".join([line(header), rule, *map(line, cells), rule, line(best_row)])
+
+
+def report_steps(title: str, rows: Sequence[Mapping[str, Any]], path: str, digits: int = 2, **fields: Any) -> dict:
+    """Print ``title`` and the step table, write the summary (``fields``, metrics, steps, best) to ``path``."""
+    metrics = list(rows[0]["scores"])
+    print(f"\n{title}")
+    print(format_steps(rows, metrics, digits=digits))
+    summary = {**fields, "metrics": metrics, "steps": list(rows), "best": best_steps(rows, metrics)}
+    atomic_write_bytes(path, json.dumps(summary, indent=2).encode())
+    print(f"\nper-step results: {path}")
+    return summary

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from eval.ijb import metrics, report
 from eval.ijb.data import IJBAlignedFaces, IJBMeta, iter_batches, load_meta, load_meta_1n
-from eval.steps import ResultCache, best_steps, format_steps, settings_key
+from eval.steps import ResultCache, evaluate_steps, file_stamps, report_steps, settings_key
 from utils.checkpoint import require_step_weights
 from utils.cli import run_cli
 from utils.fileio import atomic_path, refuse_overwrite
@@ -327,36 +327,22 @@ def evaluate_run_folder(args: argparse.Namespace) -> dict:
     files = [meta.paths.name_5pts_score, meta.paths.pair_label]
     settings = settings_key({
         "target": target, "mode": args.mode, "test_modes": args.test_modes, "network": args.network,
-        "width": args.width, "amp": args.amp,
-        "data": [(os.path.abspath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files],
+        "width": args.width, "amp": args.amp, "data": file_stamps(files),
     })
     os.makedirs(args.output, exist_ok=True)
     cache = ResultCache(os.path.join(args.output, f"{target}_steps_cache.json"))
-    rows = []
-    for step, path in steps:
-        scores = None if args.no_cache else cache.get(path, settings)
-        if scores is None:
-            one = copy.copy(args)
-            # the per-step result files are this folder's: rewritten whenever the weights change
-            one.weights, one.name, one.force = path, os.path.splitext(os.path.basename(path))[0], True
-            scores = step_scores(evaluate_file(one))
-            cache.put(path, settings, scores)
-        else:
-            log.info("%s: results from %s", os.path.basename(path), cache.path)
-        rows.append({"step": step, "name": os.path.basename(path), "weights": os.path.abspath(path),
-                     "scores": scores})
-    metrics_ = list(rows[0]["scores"])
-    print(f"\n{target} per step (%), {args.weights}")
-    print(format_steps(rows, metrics_))
-    summary = {"target": target, "run_folder": os.path.abspath(args.weights), "mode": args.mode,
-               "test_modes": args.test_modes, "metrics": metrics_, "steps": rows,
-               "best": best_steps(rows, metrics_)}
-    path = os.path.join(args.output, f"{target}_steps_{args.mode}.json")
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2)
-    print(f"\nper-step results: {path}")
-    return summary
+
+    def evaluate(path: str) -> dict[str, float]:
+        one = copy.copy(args)
+        # the per-step result files are this folder's: rewritten whenever the weights change
+        one.weights, one.name, one.force = path, os.path.splitext(os.path.basename(path))[0], True
+        return step_scores(evaluate_file(one))
+
+    rows = evaluate_steps(steps, cache, settings, evaluate, refresh=args.no_cache)
+    return report_steps(
+        f"{target} per step (%), {args.weights}", rows, os.path.join(args.output, f"{target}_steps_{args.mode}.json"),
+        target=target, run_folder=os.path.abspath(args.weights), mode=args.mode, test_modes=args.test_modes,
+    )
 
 
 def evaluate_file(args: argparse.Namespace) -> dict:

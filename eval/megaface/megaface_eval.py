@@ -43,7 +43,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from eval.steps import ResultCache, best_steps, format_steps, settings_key
+from eval.steps import ResultCache, evaluate_steps, file_stamps, report_steps, settings_key
 from utils.checkpoint import require_step_weights
 from utils.cli import run_cli
 from utils.fileio import atomic_write_bytes
@@ -380,33 +380,22 @@ def run_folder(args: argparse.Namespace) -> dict:
         "sizes": cfg["sizes"], "fars": args.fars, "max_rank": args.max_rank, "flip": not args.no_flip,
         "network": args.network, "width": args.width, "distractor_set": args.distractor_set,
         "seed": args.seed, "roots": [os.path.abspath(args.facescrub_root), os.path.abspath(args.megaface_root)],
-        "lists": [(os.path.abspath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in lists],
+        "lists": file_stamps(lists),
     })
     os.makedirs(args.output, exist_ok=True)
     cache = ResultCache(os.path.join(args.output, "megaface_steps_cache.json"))
-    rows = []
-    for step, path in steps:
-        scores = None if args.force else cache.get(path, settings)
-        if scores is None:
-            one = copy.copy(args)
-            stem = default_algo(path)
-            # each step's features and results under its own algo; results follow the weights
-            one.weights, one.algo, one.overwrite_results = path, f"{args.algo}-{stem}" if args.algo else stem, True
-            scores = step_scores(run(one))
-            cache.put(path, settings, scores)
-        else:
-            logger.info("%s: results from %s", os.path.basename(path), cache.path)
-        rows.append({"step": step, "name": os.path.basename(path), "weights": os.path.abspath(path),
-                     "scores": scores})
-    metrics = list(rows[0]["scores"])
-    print(f"\nMegaFace per step (%), {args.weights}")
-    print(format_steps(rows, metrics, digits=3))
-    summary = {"run_folder": os.path.abspath(args.weights), "metrics": metrics, "steps": rows,
-               "best": best_steps(rows, metrics)}
-    path = os.path.join(args.output, "megaface_steps.json")
-    atomic_write_bytes(path, json.dumps(summary, indent=2).encode())
-    print(f"per-step results: {path}")
-    return summary
+
+    def evaluate(path: str) -> dict[str, float]:
+        one = copy.copy(args)
+        stem = default_algo(path)
+        # each step's features and results under its own algo; results follow the weights
+        one.weights, one.algo, one.overwrite_results = path, f"{args.algo}-{stem}" if args.algo else stem, True
+        return step_scores(run(one))
+
+    rows = evaluate_steps(steps, cache, settings, evaluate, refresh=args.force)
+    return report_steps(f"MegaFace per step (%), {args.weights}", rows,
+                        os.path.join(args.output, "megaface_steps.json"), digits=3,
+                        run_folder=os.path.abspath(args.weights))
 
 
 if __name__ == "__main__":
