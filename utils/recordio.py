@@ -133,6 +133,7 @@ class MXRecordIO:
         return state
 
     def __setstate__(self, state: dict) -> None:
+        # reopen the data file only (MXRecordIO.open, also for the indexed reader: its index is in the state)
         self.__dict__.update(state)
         if self.is_open:
             pos = self._pos
@@ -252,14 +253,6 @@ class MXIndexedRecordIO(MXRecordIO):
             self._fidx.close()
         super().close()
 
-    def __setstate__(self, state: dict) -> None:
-        # reopen the data file only: the index is already in memory
-        self.__dict__.update(state)
-        if self.is_open:
-            pos = self._pos
-            self.is_open = False
-            MXRecordIO.open(self)
-            self._pos = pos
 
     def seek(self, idx) -> None:
         """Move the sequential reader to the record of key ``idx``."""
