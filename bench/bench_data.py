@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.machine import describe_machine  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
 from utils.dataset import MXFaceDataset, collate_faces, flip_decision  # noqa: E402
 from utils.recordio import unpack  # noqa: E402
 
@@ -185,4 +186,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -38,6 +38,7 @@ from torch.nn.utils import clip_grad_norm_
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.machine import describe_machine  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -297,4 +298,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

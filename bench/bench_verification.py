@@ -28,6 +28,7 @@ from sklearn.model_selection import KFold
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.machine import describe_machine  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
 from eval.verification import _unpickle_bin, evaluate, interpolate_threshold, load_bin, test  # noqa: E402
 
 
@@ -56,23 +57,23 @@ def evaluate_loops(embeddings, issame, folds=10):
     thresholds = np.arange(0, 4, 0.01)
     tprs, fprs = np.zeros((folds, len(thresholds))), np.zeros((folds, len(thresholds)))
     accuracy = np.zeros(folds)
-    for f, (train, test) in enumerate(splits):
+    for f, (train, held_out) in enumerate(splits):
         acc_train = np.array([_accuracy(t, dist[train], issame[train])[2] for t in thresholds])
         for i, t in enumerate(thresholds):
-            tprs[f, i], fprs[f, i], _ = _accuracy(t, dist[test], issame[test])
-        accuracy[f] = _accuracy(thresholds[np.argmax(acc_train)], dist[test], issame[test])[2]
+            tprs[f, i], fprs[f, i], _ = _accuracy(t, dist[held_out], issame[held_out])
+        accuracy[f] = _accuracy(thresholds[np.argmax(acc_train)], dist[held_out], issame[held_out])[2]
     thresholds = np.arange(0, 4, 0.001)
     val, far = np.zeros(folds), np.zeros(folds)
-    for f, (train, test) in enumerate(splits):
+    for f, (train, held_out) in enumerate(splits):
         n_diff = float(np.sum(np.logical_not(issame[train])))
         far_train = np.array([_counts(t, dist[train], issame[train])[1] / n_diff
                               for t in thresholds])
         threshold = 0.0
         if far_train.max() >= 1e-3:
             threshold = interpolate_threshold(far_train, thresholds, 1e-3)
-        tp, fp, _, _ = _counts(threshold, dist[test], issame[test])
-        val[f] = tp / float(np.sum(issame[test]))
-        far[f] = fp / float(np.sum(np.logical_not(issame[test])))
+        tp, fp, _, _ = _counts(threshold, dist[held_out], issame[held_out])
+        val[f] = tp / float(np.sum(issame[held_out]))
+        far[f] = fp / float(np.sum(np.logical_not(issame[held_out])))
     return np.mean(tprs, 0), np.mean(fprs, 0), accuracy, np.mean(val), np.std(val), np.mean(far)
 
 
@@ -215,4 +216,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -30,6 +30,7 @@ sys.path.insert(0, ROOT)
 
 import train  # noqa: E402
 from bench.machine import describe_machine  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
 from losses import HEADS  # noqa: E402
 from tools import make_synthetic  # noqa: E402
 from utils.config import load_config  # noqa: E402
@@ -181,4 +182,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

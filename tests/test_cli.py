@@ -15,13 +15,27 @@ from utils.cli import error_line, run_cli, user_error_types
 from utils.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-ENTRY_POINTS = [
-    "train.py", "tools/im2rec.py", "tools/rec2idx.py", "tools/shuffle_rec.py", "tools/make_bin.py",
-    "tools/make_synthetic.py", "tools/make_synthetic_ijb.py", "tools/make_synthetic_megaface.py",
-    "tools/export_onnx.py", "tools/draw_framework.py", "tools/plot_log.py", "eval/evaluation.py",
-    "eval/ijb/ijb_eval.py", "eval/megaface/megaface_eval.py", "eval/megaface/noises.py",
-    "backbones/complexity.py",
-]
+NOT_SOURCE = {".git", ".venv", "tests", "data", "work_dirs"}
+
+
+def entry_points() -> list[str]:
+    """Every project file with an ``if __name__ == "__main__":`` block: the tools, evaluators, benchmarks."""
+    found = []
+    for folder, subfolders, files in os.walk(REPO):
+        subfolders[:] = [d for d in subfolders if d not in NOT_SOURCE and not d.startswith(".")]
+        found += [os.path.join(folder, f) for f in files if f.endswith(".py")]
+    return sorted(str(Path(p).relative_to(REPO)) for p in found if main_block(Path(p)) is not None)
+
+
+def main_block(path: Path) -> ast.If | None:
+    """The file's top-level ``if __name__ == "__main__":`` block, if any."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
+            return node
+    return None
+
+
+ENTRY_POINTS = entry_points()
 
 
 # -- the helper --------------------------------------------------------------------------------
@@ -95,11 +109,12 @@ def test_user_error_types_are_the_projects():
 
 def main_block_calls(path: Path) -> list[str]:
     """The functions called in the file's ``if __name__ == "__main__":`` block."""
-    tree = ast.parse(path.read_text())
-    for node in tree.body:
-        if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
-            return [ast.unparse(c.func) for c in ast.walk(node) if isinstance(c, ast.Call)]
-    return []
+    return [ast.unparse(c.func) for c in ast.walk(main_block(path)) if isinstance(c, ast.Call)]
+
+
+def test_entry_points_are_found():
+    assert {"train.py", "train_unimoco.py", "eval/ijb/ijb_eval.py", "tools/plot_log.py", "bench/compare_heads.py"} \
+        <= set(ENTRY_POINTS)
 
 
 @pytest.mark.parametrize("path", ENTRY_POINTS)
