@@ -8,10 +8,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from tools import make_synthetic
+from utils import train_state
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,3 +50,23 @@ def kill_when_saved(script: str, argv: list[str], checkpoint: Path, timeout: flo
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
+
+
+def assert_resume_after_sigkill_is_exact(
+    script: str, main: Callable, run_args: Callable, tmp_path: Path, last_step: int, state_of: Callable
+) -> None:
+    """A run SIGKILLed once checkpoint-4 is saved and resumed with ``--resume auto`` ends, in
+    ``state_of(checkpoint-<last_step>.pt)``, bit-identical to a run that never stopped.
+
+    ``run_args(output, *sets)``: the command line of a run into ``output``; ``main`` runs it in-process.
+    """
+    reference, killed = tmp_path / "uninterrupted", tmp_path / "killed"
+    main(run_args(reference, "save_step=2"))
+    kill_when_saved(script, run_args(killed, "save_step=2"), killed / "checkpoint-4.pt")
+    steps_left = [step for step, _ in train_state.list_checkpoints(killed)]
+    assert steps_left and max(steps_left) < last_step
+
+    main(run_args(killed, "save_step=2") + ["--resume", "auto"])
+    assert "resumed from" in (killed / "training.log").read_text()
+    for a, b in zip(state_of(reference / f"checkpoint-{last_step}.pt"), state_of(killed / f"checkpoint-{last_step}.pt")):
+        assert_bitwise_equal(a, b)

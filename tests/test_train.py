@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import train
-from runs import assert_bitwise_equal, kill_when_saved, make_tiny_synthetic
+from runs import assert_resume_after_sigkill_is_exact, make_tiny_synthetic
 from utils import train_state
 from utils.checkpoint import load_weights
 from utils.config import ConfigError
@@ -71,19 +71,10 @@ def test_training_runs_logs_and_exports(data_dir, tmp_path):
 
 
 def test_resume_after_sigkill_is_bitwise_exact(data_dir, tmp_path):
-    reference = tmp_path / "uninterrupted"
-    train.main(args(data_dir, reference, "save_step=2"))
-
-    killed = tmp_path / "killed"
-    # killed mid-epoch 0 (6 steps per epoch)
-    kill_when_saved("train.py", args(data_dir, killed, "save_step=2"), killed / "checkpoint-4.pt")
-    steps_left = [step for step, _ in train_state.list_checkpoints(killed)]
-    assert steps_left and max(steps_left) < 18
-
-    train.main(args(data_dir, killed, "save_step=2") + ["--resume", "auto"])
-    assert "resumed from" in (killed / "training.log").read_text()
-    for a, b in zip(state_of(reference / "checkpoint-18.pt"), state_of(killed / "checkpoint-18.pt")):
-        assert_bitwise_equal(a, b)
+    # killed mid-epoch 0 (6 steps per epoch), compared at the last step
+    assert_resume_after_sigkill_is_exact(
+        "train.py", train.main, lambda out, *sets: args(data_dir, out, *sets), tmp_path, 18, state_of
+    )
 
 
 def test_refuses_to_overwrite_an_existing_run(data_dir, tmp_path):

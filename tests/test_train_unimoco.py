@@ -10,7 +10,7 @@ import torch
 
 import train_unimoco
 from backbones import get_backbone
-from runs import assert_bitwise_equal, kill_when_saved, make_tiny_synthetic
+from runs import assert_resume_after_sigkill_is_exact, make_tiny_synthetic
 from utils import train_state
 from utils.checkpoint import load_weights
 from utils.config import ConfigError
@@ -82,20 +82,11 @@ def test_training_runs_logs_and_exports(data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_resume_after_sigkill_is_bitwise_exact(data_dir, tmp_path):
-    reference = tmp_path / "uninterrupted"
-    train_unimoco.main(args(data_dir, reference, "save_step=2"))
-
-    killed = tmp_path / "killed"
-    # killed mid-epoch 0 (6 steps per epoch)
-    kill_when_saved("train_unimoco.py", args(data_dir, killed, "save_step=2"), killed / "checkpoint-4.pt")
-    steps_left = [step for step, _ in train_state.list_checkpoints(killed)]
-    assert steps_left and max(steps_left) < 12
-
-    train_unimoco.main(args(data_dir, killed, "save_step=2") + ["--resume", "auto"])
-    assert "resumed from" in (killed / "training.log").read_text()
-    # weights (query and key encoders, projections), queues and pointer, optimizer, buffers
-    for a, b in zip(state_of(reference / "checkpoint-12.pt"), state_of(killed / "checkpoint-12.pt")):
-        assert_bitwise_equal(a, b)
+    # killed mid-epoch 0 (6 steps per epoch); compared: weights (query and key encoders, projections),
+    # queues and pointer, optimizer, buffers
+    assert_resume_after_sigkill_is_exact(
+        "train_unimoco.py", train_unimoco.main, lambda out, *sets: args(data_dir, out, *sets), tmp_path, 12, state_of
+    )
 
 
 def test_load_weights_takes_facecl_query_encoder(tmp_path):
