@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch import nn
 
 from tools import make_synthetic
 from utils import train_state
@@ -70,3 +71,28 @@ def assert_resume_after_sigkill_is_exact(
     assert "resumed from" in (killed / "training.log").read_text()
     for a, b in zip(state_of(reference / f"checkpoint-{last_step}.pt"), state_of(killed / f"checkpoint-{last_step}.pt")):
         assert_bitwise_equal(a, b)
+
+
+class ToyBackbone(nn.Module):
+    """A tiny backbone with the iresnet interface (forward, double_forward, dropout_p) for method tests."""
+
+    def __init__(self, dim: int = 16, hidden: int = 32, features: int = 8):
+        super().__init__()
+        self.trunk = nn.Linear(dim, hidden)
+        self.dropout = nn.Dropout(0.0)
+        self.fc = nn.Linear(hidden, features)
+
+    @property
+    def dropout_p(self) -> float:
+        return self.dropout.p
+
+    @dropout_p.setter
+    def dropout_p(self, p: float) -> None:
+        self.dropout.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(torch.relu(self.trunk(x))))
+
+    def double_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        flat = torch.relu(self.trunk(x))  # one trunk pass, two dropout masks
+        return self.fc(self.dropout(flat)), self.fc(self.dropout(flat))

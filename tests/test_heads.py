@@ -12,6 +12,7 @@ from torch.func import functional_call
 from losses import HEADS, ContraFaceTraining, SingleBranch, get_head
 from losses.heads import HEAD_PARAMS
 from losses.methods import head_params
+from runs import ToyBackbone
 from utils.config import ConfigError, load_config
 
 S = 64.0
@@ -352,31 +353,6 @@ def test_config_rejects_unknown_heads_and_foreign_parameters():
 
 # --------------------------------------------------------------------------------------------
 # every head trains in both methods
-class ToyBackbone(nn.Module):
-    """A backbone with the iresnet interface (forward, double_forward, dropout_p)."""
-
-    def __init__(self, dim=16, features=8):
-        super().__init__()
-        self.trunk = nn.Linear(dim, 32)
-        self.dropout = nn.Dropout(0.0)
-        self.fc = nn.Linear(32, features)
-
-    @property
-    def dropout_p(self):
-        return self.dropout.p
-
-    @dropout_p.setter
-    def dropout_p(self, p):
-        self.dropout.p = p
-
-    def forward(self, x):
-        return self.fc(self.dropout(torch.relu(self.trunk(x))))
-
-    def double_forward(self, x):
-        flat = torch.relu(self.trunk(x))
-        return self.fc(self.dropout(flat)), self.fc(self.dropout(flat))
-
-
 @pytest.mark.parametrize("method", ["single", "contraface"])
 @pytest.mark.parametrize("name", list(HEADS))
 def test_every_head_trains_in_both_methods(name, method):

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from losses import ArcFace, ContraFace, ContraFaceTraining, CosFace, SingleBranch, get_head
+from runs import ToyBackbone
 
 
 def contra_loop(f1, f2, labels, s, m_prev, ema=0.99):
@@ -117,33 +117,8 @@ def test_get_head_errors():
         get_head("arcfase", 4, 3)
 
 
-class ToyBackbone(nn.Module):
-    """A backbone with the iresnet interface: forward, double_forward, dropout_p."""
-
-    def __init__(self):
-        super().__init__()
-        self.trunk = nn.Linear(6, 10)
-        self.dropout = nn.Dropout(0.0)
-        self.fc = nn.Linear(10, 4)
-
-    @property
-    def dropout_p(self):
-        return self.dropout.p
-
-    @dropout_p.setter
-    def dropout_p(self, p):
-        self.dropout.p = p
-
-    def forward(self, x):
-        return self.fc(self.dropout(self.trunk(x)))
-
-    def double_forward(self, x):
-        flat = self.trunk(x)
-        return self.fc(self.dropout(flat)), self.fc(self.dropout(flat))
-
-
 def test_contraface_training_switches_stage_at_first_shrink_epoch():
-    method = ContraFaceTraining(ToyBackbone(), ArcFace(4, 3), switch_epoch=7, dropout=0.4, dropout2=0.6)
+    method = ContraFaceTraining(ToyBackbone(6, 10, 4), ArcFace(4, 3), switch_epoch=7, dropout=0.4, dropout2=0.6)
     for epoch in range(7):
         method.set_epoch(epoch)
         assert not method.double and method.backbone.dropout_p == 0.4
@@ -157,7 +132,7 @@ def test_contraface_training_switches_stage_at_first_shrink_epoch():
 
 def test_double_branch_loss_is_the_weighted_sum():
     torch.manual_seed(3)
-    backbone = ToyBackbone()
+    backbone = ToyBackbone(6, 10, 4)
     method = ContraFaceTraining(backbone, ArcFace(4, 3), switch_epoch=0, weights=(0.5, 0.5, 0.05, 0.0))
     method.set_epoch(0)
     x, y = torch.randn(8, 6), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
@@ -177,7 +152,7 @@ def test_double_branch_loss_is_the_weighted_sum():
 
 def test_single_branch_is_plain_margin_softmax():
     torch.manual_seed(4)
-    method = SingleBranch(ToyBackbone(), CosFace(4, 3), dropout=0.0)
+    method = SingleBranch(ToyBackbone(6, 10, 4), CosFace(4, 3), dropout=0.0)
     x, y = torch.randn(5, 6), torch.tensor([0, 1, 2, 1, 0])
     expected = F.cross_entropy(method.head(method.backbone(x), y), y)
     assert method(x, y)["loss"].item() == pytest.approx(expected.item())
