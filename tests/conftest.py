@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from runs import make_tiny_synthetic
 from utils.cli import run_cli
 
 
@@ -34,3 +35,9 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """The tiny synthetic training set of the end-to-end training tests (made once; read only)."""
+    return make_tiny_synthetic(tmp_path_factory.mktemp("synthetic"))

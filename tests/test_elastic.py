@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from runs import ROOT, assert_bitwise_equal
-from test_train import args, data_dir, state_of  # noqa: F401 (fixture)
+from test_train import args, state_of
 from utils import train_state
 
 # 48 images, 4 per process and step: 6 steps per epoch, stage 2 from epoch 1, a checkpoint every 2 steps
@@ -58,7 +58,7 @@ def torchrun(script, data, output, env, *extra):
 
 
 @pytest.mark.slow
-def test_killed_rank_is_restarted_and_the_run_ends_bit_identical(data_dir, tmp_path):  # noqa: F811
+def test_killed_rank_is_restarted_and_the_run_ends_bit_identical(data_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "REPO": str(ROOT), "KILL_AT_STEP": str(KILL_AT_STEP),
            "KILL_RANK": "1", "KILL_MARKER": str(tmp_path / "killed-once"), "ATTEMPTS": str(tmp_path / "attempts"),
            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}  # a fresh store per attempt, as the README says

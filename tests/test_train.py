@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import train
-from runs import assert_resume_after_sigkill_is_exact, make_tiny_synthetic
+from runs import assert_resume_after_sigkill_is_exact
 from utils import train_state
 from utils.checkpoint import load_weights
 from utils.config import ConfigError
@@ -30,11 +30,6 @@ TINY = [
     "eval_batch_size=16",
     "val_targets=['lfw']",
 ]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return make_tiny_synthetic(tmp_path_factory.mktemp("synthetic"))
 
 
 def args(data_dir, output, *extra):

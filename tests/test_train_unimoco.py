@@ -10,7 +10,7 @@ import torch
 
 import train_unimoco
 from backbones import get_backbone
-from runs import assert_resume_after_sigkill_is_exact, make_tiny_synthetic
+from runs import assert_resume_after_sigkill_is_exact
 from utils import train_state
 from utils.checkpoint import load_weights
 from utils.config import ConfigError
@@ -31,11 +31,6 @@ TINY = [
     "val_targets=['lfw']",
     "augmentation=MoCo2",
 ]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return make_tiny_synthetic(tmp_path_factory.mktemp("synthetic"))
 
 
 def args(data_dir, output, *extra):
