@@ -1,4 +1,4 @@
-"""Helpers for the end-to-end training tests: tiny synthetic data, bitwise comparison, a SIGKILL mid-run."""
+"""Test helpers: tiny synthetic data, bitwise comparison, a SIGKILL mid-run and the resume check, a toy backbone."""
 
 from __future__ import annotations
 

@@ -12,7 +12,6 @@ from torch import nn
 
 from eval import verification
 from utils.distributed import DistEnv, all_gather_objects
-from utils.logger import AverageMeter
 
 log = logging.getLogger(__name__)
 

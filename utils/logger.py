@@ -1,4 +1,4 @@
-"""Logging to console and file (rank 0 only), and a running-average meter."""
+"""Logging to console and file (rank 0 only)."""
 
 from __future__ import annotations
 
@@ -28,21 +28,3 @@ def init_logging(rank: int, output_dir: str, filename: str = "training.log") -> 
         handler.setFormatter(formatter)
         root.addHandler(handler)
     return root
-
-
-class AverageMeter:
-    """Running mean of a scalar since the last reset."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.sum, self.count = 0.0, 0
-
-    def update(self, value: float, n: int = 1) -> None:
-        self.sum += value * n
-        self.count += n
-
-    @property
-    def avg(self) -> float:
-        return self.sum / max(self.count, 1)
