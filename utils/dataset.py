@@ -79,8 +79,9 @@ class DatasetError(ValueError):
 _MASK64 = (1 << 64) - 1
 
 
-def _mix64(x: int) -> int:
-    # splitmix64 finaliser: a cheap, well-mixed 64-bit hash of an integer
+def _mix64(x):
+    # splitmix64 finaliser: a cheap, well-mixed 64-bit hash of an integer, or of every element of a
+    # uint64 array (NumPy wraps at 64 bits by itself; the masks keep Python's ints there too)
     x = (x + 0x9E3779B97F4A7C15) & _MASK64
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
@@ -94,13 +95,9 @@ def flip_decision(seed: int, epoch: int, index: int) -> bool:
 
 
 def flip_decisions(seed: int, epoch: int, indices: np.ndarray) -> np.ndarray:
-    """``flip_decision`` for many indices at once (uint64 NumPy arithmetic wraps as the masks do)."""
-    x = np.asarray(indices).astype(np.int64).view(np.uint64) ^ np.uint64(_mix64(_mix64(seed & _MASK64)
-                                                                                  ^ (epoch & _MASK64)))
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return ((x ^ (x >> np.uint64(31))) >> np.uint64(63)).astype(bool)
+    """``flip_decision`` for many indices at once (the same hash on a uint64 array)."""
+    epoch_key = np.uint64(_mix64(_mix64(seed & _MASK64) ^ (epoch & _MASK64)))
+    return (_mix64(np.asarray(indices).astype(np.int64).view(np.uint64) ^ epoch_key) >> 63).astype(bool)
 
 
 # insightface's (x / 255 - 0.5) / 0.5 in float32, for the 256 possible pixel values. A table,
