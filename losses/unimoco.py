@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from utils.sampler import DistributedClassGroupSampler
 from utils.views import two_view_train_set
 
-__all__ = ["UniMoCo", "UnifiedContrastive", "batch_shuffle", "batch_unshuffle", "build_unimoco", "make_projection"]
+__all__ = ["UniMoCo", "UnifiedContrastive", "batch_shuffle", "batch_unshuffle", "make_projection"]
 
 
 class UnifiedContrastive(nn.Module):
@@ -309,31 +309,27 @@ class UniMoCo(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: Any, backbone: nn.Module) -> "UniMoCo":
-        return build_unimoco(cfg, backbone)
+        """UniMoCo from a config (the UniMoCo section of config/config.py), for this process group."""
+        from utils.config import ConfigError  # utils.config imports losses lazily: no cycle
 
-
-def build_unimoco(cfg: Any, backbone: nn.Module) -> UniMoCo:
-    """UniMoCo from a config (the UniMoCo section of config/config.py), for this process group."""
-    from utils.config import ConfigError  # utils.config imports losses lazily: no cycle
-
-    world, _ = _world()
-    global_batch = cfg.batch_size * world
-    if cfg.moco_k % global_batch:
-        raise ConfigError(
-            f"moco_k {cfg.moco_k} is not a multiple of the global batch {global_batch} "
-            f"(batch_size {cfg.batch_size} x {world} processes): the queue would be overwritten unevenly"
+        world, _ = _world()
+        global_batch = cfg.batch_size * world
+        if cfg.moco_k % global_batch:
+            raise ConfigError(
+                f"moco_k {cfg.moco_k} is not a multiple of the global batch {global_batch} "
+                f"(batch_size {cfg.batch_size} x {world} processes): the queue would be overwritten unevenly"
+            )
+        # FaceCL builds its encoders without dropout; `dropout` is ContraFace's stage-1 setting
+        backbone.dropout_p = 0.0
+        return cls(
+            backbone,
+            embedding_size=cfg.embedding_size,
+            dim=cfg.moco_dim,
+            K=cfg.moco_k,
+            m=cfg.moco_m,
+            T=cfg.moco_t,
+            mlp=cfg.moco_mlp,
+            margin=cfg.unimoco_margin,
+            own_key_positive=cfg.own_key_positive,
+            num_classes=cfg.num_classes,
         )
-    # FaceCL builds its encoders without dropout; `dropout` is ContraFace's stage-1 setting
-    backbone.dropout_p = 0.0
-    return UniMoCo(
-        backbone,
-        embedding_size=cfg.embedding_size,
-        dim=cfg.moco_dim,
-        K=cfg.moco_k,
-        m=cfg.moco_m,
-        T=cfg.moco_t,
-        mlp=cfg.moco_mlp,
-        margin=cfg.unimoco_margin,
-        own_key_positive=cfg.own_key_positive,
-        num_classes=cfg.num_classes,
-    )
