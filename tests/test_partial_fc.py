@@ -10,7 +10,6 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from losses import HEADS, PartialFC, SingleBranch, get_head
 from losses.partial_fc import class_split, sharded_parameter_names
-from tools import make_synthetic
+from runs import ROOT
 from utils import train_state
 from utils.sharded_state import checkpoint_centers, gather_sharded_state
 
@@ -409,7 +408,6 @@ def test_unknown_head_parameter_is_an_error():
 
 # --- multi-node: 2 "nodes" x 1 process on loopback == 1 node x 2 processes (train.py, tiny) -----
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = [
     "network_width=8", "embedding_size=32", "batch_size=4", "num_epoch=2", "shrink_epoch=[2]", "num_workers=0",
     "frequent=2", "eval_batch_size=16", "val_targets=['lfw']", "partial_fc=True", "sample_rate=0.5",
@@ -438,25 +436,15 @@ def wait_all(processes):
 
 
 @pytest.fixture(scope="module")
-def synthetic_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synthetic")
-    make_synthetic.main(
-        ["--output", str(out), "--num-ids", "8", "--images-per-id", "6", "--eval-ids", "8", "--pairs", "20",
-         "--targets", "train,lfw", "--workers", "1", "--no-progress", "--force"]
-    )
-    return out
-
-
-@pytest.fixture(scope="module")
-def one_node_run(synthetic_data, tmp_path_factory):
+def one_node_run(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("one_node") / "run"
-    wait_all([torchrun(synthetic_data, out, "--nproc_per_node=2")])
+    wait_all([torchrun(data_dir, out, "--nproc_per_node=2")])
     return out
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("rendezvous", ["master", "c10d"])
-def test_two_nodes_end_with_the_weights_of_one_node(synthetic_data, one_node_run, tmp_path, rendezvous):
+def test_two_nodes_end_with_the_weights_of_one_node(data_dir, one_node_run, tmp_path, rendezvous):
     out = tmp_path / "run"
     port = free_port()
     if rendezvous == "master":
@@ -464,7 +452,7 @@ def test_two_nodes_end_with_the_weights_of_one_node(synthetic_data, one_node_run
                  for rank in range(2)]
     else:
         nodes = [["--nnodes=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=pfc"]] * 2
-    wait_all([torchrun(synthetic_data, out, "--nproc_per_node=1", *node) for node in nodes])
+    wait_all([torchrun(data_dir, out, "--nproc_per_node=1", *node) for node in nodes])
 
     one, two = (train_state.read_checkpoint(str(run / "checkpoint-12.pt")) for run in (one_node_run, out))
     assert two["world_size"] == 2
