@@ -6,8 +6,9 @@
     python train_unimoco.py configs/ms1mv3_r50_unimoco --resume auto
 
 CONFIG is ``configs/NAME`` (FaceCL's form), a bare preset name, or the path of any config file,
-with or without ``.py``. Everything else (data, logging, verification, checkpoints, exact resume)
-is train.py's: this script only turns FaceCL's command line into ``train.py --config PATH``.
+with or without ``.py``; utils/config.py layers a preset on its base. Everything else (data,
+logging, verification, checkpoints, exact resume) is train.py's: this script only turns FaceCL's
+command line into ``train.py --config PATH``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 
 import train
 from utils.cli import run_cli
-from utils.config import ConfigError
+from utils.errors import ConfigError
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
@@ -34,6 +35,7 @@ def resolve_config(name: str) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """FaceCL's command line: CONFIG, --set, --resume, --local-rank."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="configs/NAME, a preset name or a config file path")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")

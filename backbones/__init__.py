@@ -2,16 +2,17 @@
 
 Every backbone maps a (N, 3, 112, 112) batch to (N, num_features) embeddings and offers
 ``forward_trunk`` / ``forward_head`` / ``double_forward`` and a ``dropout_p`` property
-(backbones/base.py).
+(backbones/base.py). The builders register themselves in ``BACKBONES`` (a
+``utils.registry.Registry``) where they are defined, in iresnet.py and mobilefacenet.py.
 """
 
 from __future__ import annotations
 
-import difflib
-from typing import Callable
+from typing import Any
 
 from torch import nn
 
+from .base import BACKBONES
 from .iresnet import IResNet, iresnet18, iresnet34, iresnet50, iresnet100, iresnet200
 from .mobilefacenet import MobileFaceNet, mobilefacenet, mobilefacenet_large
 
@@ -30,39 +31,18 @@ __all__ = [
     "mobilefacenet_large",
 ]
 
-# Canonical names first; the insightface/FaceCL short names ("r50", "mbf") are aliases of the
-# same builders so configs from either ecosystem work unchanged.
-BACKBONES: dict[str, Callable[..., nn.Module]] = {
-    "iresnet18": iresnet18,
-    "iresnet34": iresnet34,
-    "iresnet50": iresnet50,
-    "iresnet100": iresnet100,
-    "iresnet200": iresnet200,
-    "mobilefacenet": mobilefacenet,
-    "mobilefacenet_large": mobilefacenet_large,
-    "r18": iresnet18,
-    "r34": iresnet34,
-    "r50": iresnet50,
-    "r100": iresnet100,
-    "r200": iresnet200,
-    "mbf": mobilefacenet,
-    "mbf_large": mobilefacenet_large,
-}
-
 
 def list_backbones() -> list[str]:
     """All registered backbone names, aliases included, sorted."""
     return sorted(BACKBONES)
 
 
-def get_backbone(name: str, **kwargs) -> nn.Module:
-    """Build the backbone registered as ``name`` with the builder's keyword arguments."""
-    try:
-        builder = BACKBONES[name]
-    except (KeyError, TypeError):
-        close = difflib.get_close_matches(str(name), BACKBONES, n=3, cutoff=0.6)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(
-            f"unknown backbone {name!r}; known: {', '.join(list_backbones())}{hint}"
-        ) from None
-    return builder(**kwargs)
+def get_backbone(name: str, **kwargs: Any) -> nn.Module:
+    """Build the backbone registered as ``name`` (any case) with the builder's keyword arguments.
+
+    Arguments whose value is None are left out, so that a caller can pass an option (``use_se``,
+    ``width``) that only some backbones have and let the others use their defaults. An unknown
+    name raises ``UnknownNameError`` (a ``ValueError``) listing the known ones.
+    """
+    builder = BACKBONES.get(name)
+    return builder(**{key: value for key, value in kwargs.items() if value is not None})

@@ -1,23 +1,30 @@
-"""The interface every backbone offers the training methods: trunk, head, and two dropout views.
+"""The interface every backbone offers the training methods (trunk, head, two dropout views), and the registry.
 
     forward_trunk(x)  -> flattened last feature map (N, D)
     forward_head(f)   -> embedding (fc + BatchNorm1d; no dropout)
     forward(x)        -> forward_head(dropout(forward_trunk(x)))
     double_forward(x) -> the trunk once, the head on two independent dropout draws (ContraFace)
     dropout_p         -> the dropout probability, settable between stages
+
+Each builder registers itself in :data:`BACKBONES` beside its definition, under its canonical
+name and the insightface/FaceCL short name (``r50``, ``mbf``), so configs from either ecosystem
+work unchanged.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utils.registry import Registry
+
 # Spatial size of the last feature map for a 112x112 input (four stride-2 stages).
 FEATURE_MAP_SIZE = 7
 
-# forward() returns one embedding batch, or two with double=True.
-Embeddings = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone")
 
 
 class FaceBackbone(nn.Module):
@@ -26,14 +33,16 @@ class FaceBackbone(nn.Module):
     dropout: nn.Dropout
 
     def forward_trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """Image batch (N, 3, 112, 112) -> flattened last feature map (N, D)."""
         raise NotImplementedError
 
     def forward_head(self, flat: torch.Tensor) -> torch.Tensor:
+        """Flattened feature map (N, D) -> embedding (N, num_features); no dropout here."""
         raise NotImplementedError
 
     @property
     def dropout_p(self) -> float:
-        """Dropout probability on the flattened trunk output."""
+        """Dropout probability on the flattened trunk output (settable, in [0, 1))."""
         return self.dropout.p
 
     @dropout_p.setter
@@ -44,14 +53,8 @@ class FaceBackbone(nn.Module):
             raise ValueError(f"{type(self).__name__}: dropout must be in [0, 1), got {p}")
         self.dropout.p = p
 
-    def forward(self, x: torch.Tensor, double: bool = False) -> Embeddings:
-        """Single-branch embedding (trunk, dropout in train mode, head); double_forward if double.
-
-        ``double=True`` exists so a DistributedDataParallel-wrapped backbone can run the double
-        branch through DDP's forward (calling ``ddp.module.double_forward`` would bypass it).
-        """
-        if double:
-            return self.double_forward(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Single-branch embedding: trunk, dropout (in train mode), head."""
         return self.forward_head(self.dropout(self.forward_trunk(x)))
 
     def double_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

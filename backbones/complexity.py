@@ -124,10 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    # Only pass the iresnet options that were given, so mobilefacenet names work without them.
-    extra = {"use_se": True} if args.use_se else {}
-    if args.width:
-        extra["width"] = args.width
+    # The iresnet options not given are None, which get_backbone leaves out: mobilefacenet names
+    # work without them.
+    extra = {"use_se": True if args.use_se else None, "width": args.width}
     print(f"{'backbone':<20} {'Mparams':>9} {'GMACs':>8} {'2xGMACs':>8} {'reference GMACs':>16}")
     for name in args.names:
         try:
@@ -141,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         params = count_parameters(model) / 1e6
         gmacs = count_flops(model) / 1e9
         # Aliases ("r50") share the builder of the canonical name the reference is keyed by.
-        plain = not extra and args.num_features == 512
+        plain = not args.use_se and args.width is None and args.num_features == 512
         ref = REFERENCE_GMACS.get(BACKBONES[name].__name__) if plain else None
         ref_s = f"{ref:.1f} ({gmacs / ref:.3f}x)" if ref else "-"
         print(f"{name:<20} {params:>9.3f} {gmacs:>8.3f} {2 * gmacs:>8.3f} {ref_s:>16}")

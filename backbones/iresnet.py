@@ -15,12 +15,12 @@ Forward path::
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from .base import FEATURE_MAP_SIZE, FaceBackbone, check_feature_map
+from .base import BACKBONES, FEATURE_MAP_SIZE, FaceBackbone, check_feature_map
 
 __all__ = [
     "SEModule",
@@ -183,32 +183,37 @@ class IResNet(FaceBackbone):
         return self.features(self.fc(flat))
 
 
-def _iresnet(layers: Sequence[int], **kwargs) -> IResNet:
+def _iresnet(layers: Sequence[int], **kwargs: Any) -> IResNet:
     # Keyword arguments only (dropout, num_features, use_se, width, zero_init_residual): the
     # insightface positional `pretrained` flag and `fp16` are deliberately not accepted.
     return IResNet(layers, **kwargs)
 
 
-def iresnet18(**kwargs) -> IResNet:
+@BACKBONES.register("iresnet18", "r18")
+def iresnet18(**kwargs: Any) -> IResNet:
     """iResNet-18: blocks [2, 2, 2, 2]."""
     return _iresnet([2, 2, 2, 2], **kwargs)
 
 
-def iresnet34(**kwargs) -> IResNet:
+@BACKBONES.register("iresnet34", "r34")
+def iresnet34(**kwargs: Any) -> IResNet:
     """iResNet-34: blocks [3, 4, 6, 3]."""
     return _iresnet([3, 4, 6, 3], **kwargs)
 
 
-def iresnet50(**kwargs) -> IResNet:
+@BACKBONES.register("iresnet50", "r50")
+def iresnet50(**kwargs: Any) -> IResNet:
     """iResNet-50: blocks [3, 4, 14, 3]."""
     return _iresnet([3, 4, 14, 3], **kwargs)
 
 
-def iresnet100(**kwargs) -> IResNet:
+@BACKBONES.register("iresnet100", "r100")
+def iresnet100(**kwargs: Any) -> IResNet:
     """iResNet-100: blocks [3, 13, 30, 3]."""
     return _iresnet([3, 13, 30, 3], **kwargs)
 
 
-def iresnet200(**kwargs) -> IResNet:
+@BACKBONES.register("iresnet200", "r200")
+def iresnet200(**kwargs: Any) -> IResNet:
     """iResNet-200: blocks [6, 26, 60, 6]."""
     return _iresnet([6, 26, 60, 6], **kwargs)

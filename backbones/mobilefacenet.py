@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .base import FaceBackbone, check_feature_map
+from .base import BACKBONES, FaceBackbone, check_feature_map
 
 Pair = tuple[int, int]
 
@@ -185,11 +185,13 @@ class MobileFaceNet(FaceBackbone):
         return self.features.head(flat)
 
 
+@BACKBONES.register("mobilefacenet", "mbf")
 def mobilefacenet(num_features: int = 512, dropout: float = 0.0) -> MobileFaceNet:
     """insightface "mbf": blocks (1, 4, 6, 2), scale 2."""
     return MobileFaceNet(num_features, blocks=(1, 4, 6, 2), scale=2, dropout=dropout)
 
 
+@BACKBONES.register("mobilefacenet_large", "mbf_large")
 def mobilefacenet_large(num_features: int = 512, dropout: float = 0.0) -> MobileFaceNet:
     """insightface "mbf_large": blocks (2, 8, 12, 4), scale 4."""
     return MobileFaceNet(num_features, blocks=(2, 8, 12, 4), scale=4, dropout=dropout)

@@ -19,6 +19,7 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -28,7 +29,8 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.machine import describe_machine  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
-from utils.dataset import MXFaceDataset, collate_faces, flip_decision  # noqa: E402
+from utils.dataset import MXFaceDataset, flip_decision  # noqa: E402
+from utils.loader import collate_faces  # noqa: E402
 from utils.recordio import unpack  # noqa: E402
 
 
@@ -94,7 +96,9 @@ def loader_pass(loader: DataLoader, epoch: int) -> tuple[float, float]:
     return n / wall, n / max(cpu, 1e-9)
 
 
-def interleaved_best(baseline, measured, repeat: int) -> tuple[tuple[float, float], tuple[float, float]]:
+def interleaved_best(
+    baseline: Callable[[], tuple[float, float]], measured: Callable[[int], tuple[float, float]], repeat: int
+) -> tuple[tuple[float, float], tuple[float, float]]:
     """Best (wall, per-CPU) rates of two measurements taken alternately: a busy moment of a shared
     machine slows both, and the best of several passes is the least disturbed one."""
     base, ours = (0.0, 0.0), (0.0, 0.0)
@@ -129,6 +133,7 @@ def gpu_decode_rate(payloads: list[np.ndarray], batch_size: int, repeat: int) ->
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Print the data-path table: the loader against OpenCV decoding alone, per thread count."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="a folder with train.rec/.idx (tools.make_synthetic)")
     parser.add_argument("--images", type=int, default=2048, help="samples per pass (default 2048)")

@@ -4,8 +4,8 @@
     python bench/bench_train_step.py --network iresnet100 --batch-size 128 \\
         --precisions fp32,bf16,fp16 --layouts nchw,channels_last --compile no,yes       # a GPU
 
-Ours: the project's method objects (``losses.build_method`` from the default config:
-``SingleBranch`` or ``ContraFaceTraining`` in stage 2) and train.py's step: uint8 batches copied
+Ours: the project's method objects (``methods.build_method`` from the default config:
+``SingleBranch`` or ``ContraFaceTraining`` in stage 2) and train.py's step (``training.step.TrainStep``): uint8 batches copied
 and normalised on the device (``normalize_batch``), autocast at the chosen precision, optional
 channels_last and ``torch.compile``, SGD (fused on CUDA, foreach on CPU), gradient clipping at 5,
 the losses summed on the device and never read back during the timed steps.
@@ -109,16 +109,15 @@ class LoopContraFace(torch.nn.Module):
 def build(args, row: Row, device: torch.device):
     """(method module, its backbone, head) for ``row``, the same initial weights for every row."""
     from backbones import get_backbone
-    from losses import build_method
-    from utils.config import load_config
+    from methods import build_method
+    from train import load_training_config
 
-    cfg = load_config(None, "synthetic", [f"method={row.method}", f"network={args.network}",
-                                          f"num_classes={args.num_classes}", f"batch_size={args.batch_size}"])
-    kwargs = dict(dropout=cfg.dropout, num_features=cfg.embedding_size)
-    if args.network.startswith("iresnet"):
-        kwargs["width"] = args.width
+    cfg = load_training_config(None, "synthetic", [f"method={row.method}", f"network={args.network}",
+                                                   f"num_classes={args.num_classes}", f"batch_size={args.batch_size}"])
+    width = args.width if args.network.startswith("iresnet") else None
     torch.manual_seed(0)
-    method = build_method(cfg, get_backbone(args.network, **kwargs))
+    method = build_method(cfg, get_backbone(args.network, dropout=cfg.dropout, num_features=cfg.embedding_size,
+                                            width=width))
     if row.method == "contraface":
         method.set_epoch(method.switch_epoch)  # stage 2: the double branch
     method.to(device)
@@ -137,36 +136,27 @@ def batch(args, num_classes: int, device: torch.device) -> tuple[torch.Tensor, t
 
 
 def ours_step_fn(args, row: Row, device: torch.device):
-    """A closure running train.py's step once, and the device tensor the losses are summed into."""
-    from utils.dataset import normalize_batch
+    """A closure running train.py's step (``training.step.TrainStep``) once; losses summed on the device."""
+    from training.step import TrainStep
+    from utils.loader import normalize_batch
 
     method, cfg = build(args, row, device)
     if row.layout == "channels_last":
         method.to(memory_format=torch.channels_last)
     model = torch.compile(method) if row.compile else method
     fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    params = [p for p in method.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4, **fast)
-    scaler = torch.amp.GradScaler("cuda", enabled=row.precision == "fp16")
-    amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[row.precision]
+    optimizer = torch.optim.SGD(method.param_groups(), lr=0.01, momentum=0.9, weight_decay=5e-4, **fast)
+    amp = {"fp32": "none", "bf16": "bf16", "fp16": "fp16"}[row.precision]
+    train_step = TrainStep(model, optimizer, amp=amp, device=device, grad_clip=5.0,
+                           clip_parameters=method.backbone.parameters(), channels_last=row.layout == "channels_last")
     images_u8, labels_host = batch(args, cfg.num_classes, device)
     total = torch.zeros((), device=device)
 
     def step() -> None:
         images = normalize_batch(images_u8.to(device, non_blocking=True))
         labels = labels_host.to(device, non_blocking=True)
-        if row.layout == "channels_last":
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            out = model(images, labels)
-        loss = out["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        clip_grad_norm_(method.backbone.parameters(), max_norm=5.0)
-        scaler.step(optimizer)
-        scaler.update()
-        total.add_(loss.detach())
+        out = train_step(images, labels, lr=0.01)
+        total.add_(out["loss"].detach())
 
     return step
 

@@ -2,7 +2,9 @@
 
 Pick the training set with ``config.dataset`` (or ``train.py --dataset NAME``); its block in
 ``DATASETS`` sets the data path, class count, network and schedule. Any key can also be set
-from the command line: ``train.py --set lr=0.05 --set val_targets="['lfw']"``.
+from the command line: ``train.py --set lr=0.05 --set val_targets="['lfw']"``. An experiment
+kept in a file is a preset in configs/ that names a block and the keys it changes, layered on
+this file by the loader (format: utils/config.py; e.g. configs/ms1mv3_r50_unimoco.py).
 
 The defaults reproduce ContraFace on MS1MV2 (iresnet100, ArcFace s=64 m=0.5, batch 128 per GPU,
 SGD lr 0.1, two-stage training switched at the first LR decay).
@@ -67,7 +69,7 @@ config.dali = False  # FaceCL's DALI loader is not offered: True is refused
 
 # --- network -------------------------------------------------------------------------------
 config.embedding_size = 512
-config.use_se = False  # squeeze-and-excitation blocks in the iresnet
+config.use_se = None  # True: squeeze-and-excitation blocks in the iresnet (None: the network's own, none)
 
 # --- optimisation --------------------------------------------------------------------------
 config.momentum = 0.9
@@ -100,35 +102,35 @@ config.output = ""  # "" = work_dirs/<dataset>_<network>_<method>
 # Every block sets the same keys (the loader checks), so --dataset can switch blocks cleanly.
 # shrink_epoch is 1-based as in the paper: the LR is multiplied by 0.1 when the 0-based epoch
 # index reaches shrink_epoch[i] - 1, and ContraFace switches to stage 2 at shrink_epoch[0] - 1.
-# network_width: channels of the first iresnet stage (64 = the standard network).
+# network_width: channels of the first iresnet stage (None: the network's own, 64 for the iresnets).
 # batch_size is per process (per GPU); num_workers are DataLoader workers per process.
 # partial_fc: shard the class centers across processes (losses/partial_fc.py; False = the replicated
 # head, as the paper); sample_rate: the share of each shard's centers a step scores (positives always).
 DATASETS = {
     "emore": edict(  # MS1MV2 (faces_emore)
         rec="data/faces_emore", num_classes=85742, num_image=5822653,
-        network="iresnet100", network_width=64, batch_size=128, lr=0.1, num_workers=8,
+        network="iresnet100", network_width=None, batch_size=128, lr=0.1, num_workers=8,
         num_epoch=24, shrink_epoch=[8, 14, 20], partial_fc=False, sample_rate=1.0,
     ),
     "webface": edict(  # CASIA-WebFace
         rec="data/faces_webface_112x112", num_classes=10572, num_image=490623,
-        network="iresnet50", network_width=64, batch_size=128, lr=0.1, num_workers=8,
+        network="iresnet50", network_width=None, batch_size=128, lr=0.1, num_workers=8,
         num_epoch=40, shrink_epoch=[22, 30], partial_fc=False, sample_rate=1.0,
     ),
     "ms1mv3": edict(  # MS1M-RetinaFace
         rec="data/ms1m-retinaface-t1", num_classes=93431, num_image=5179510,
-        network="iresnet100", network_width=64, batch_size=128, lr=0.1, num_workers=8,
+        network="iresnet100", network_width=None, batch_size=128, lr=0.1, num_workers=8,
         num_epoch=24, shrink_epoch=[8, 14, 20], partial_fc=False, sample_rate=1.0,
     ),
     "glint360k": edict(  # not tuned by the paper: the MS1MV2 recipe, 20 epochs
         rec="data/glint360k", num_classes=360232, num_image=17091657,
-        network="iresnet100", network_width=64, batch_size=128, lr=0.1, num_workers=8,
+        network="iresnet100", network_width=None, batch_size=128, lr=0.1, num_workers=8,
         num_epoch=20, shrink_epoch=[8, 14, 18],
         partial_fc=True, sample_rate=1.0,  # insightface configs/glint360k_r100.py: all centers, batch 128, lr 0.1
     ),
     "webface42m": edict(  # not tuned by the paper; its 2M-class head is 4 GB of fp32 weights
         rec="data/webface42m", num_classes=2059906, num_image=42474557,
-        network="iresnet100", network_width=64, batch_size=128, lr=0.1, num_workers=8,
+        network="iresnet100", network_width=None, batch_size=128, lr=0.1, num_workers=8,
         num_epoch=20, shrink_epoch=[8, 14, 18],
         partial_fc=True, sample_rate=0.2,  # insightface configs/wf42m_pfc02_r100.py: batch 128, lr 0.1 (8 GPUs)
     ),

@@ -4,23 +4,19 @@
     torchrun --nproc_per_node=8 train_unimoco.py configs/synthetic_r50_unimoco
 
 FaceCL's own "synthetic" set was one random image repeated (nothing to learn); this preset keeps
-FaceCL's recipe (ms1mv3_r50_unimoco's values) on the learnable synthetic set instead. For a CPU,
-see configs/synthetic_unimoco_cpu.py.
+FaceCL's recipe on the learnable synthetic set instead. A preset (format: utils/config.py):
+configs/ms1mv3_r50_unimoco.py on config/config.py's ``synthetic`` block, whose data keys (rec,
+class and image counts, num_workers 1) apply; the recipe's own keys (network iresnet50, batch 8,
+lr 0.2, 25 epochs, ...) stay, as a preset's keys beat any dataset block. For a CPU, see
+configs/synthetic_unimoco_cpu.py.
 """
 
-import copy
-import os
-import runpy
+from easydict import EasyDict as edict
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_BASE = runpy.run_path(os.path.join(_HERE, os.pardir, "config", "config.py"))
-_RECIPE = runpy.run_path(os.path.join(_HERE, "ms1mv3_r50_unimoco.py"))["config"]
-DATASETS = _BASE["DATASETS"]
-config = copy.deepcopy(_RECIPE)
-config.update(copy.deepcopy(DATASETS["synthetic"]))
-config.dataset = "synthetic"
-for key in ("network", "network_width", "batch_size", "lr", "num_epoch"):  # FaceCL's, not the block's
-    config[key] = _RECIPE[key]
-config.network_width = 64
+base = "configs/ms1mv3_r50_unimoco.py"
+dataset = "synthetic"
+
+config = edict()
+config.network_width = None  # the standard iresnet50's 64 (the synthetic block's is 8)
 config.val_targets = ["lfw", "cfp_fp", "agedb_30", "calfw", "cplfw"]
 config.output = "work_dirs/synthetic_r50_unimoco"

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from backbones import get_backbone
-from utils.dataset import normalize_batch
+from utils.loader import normalize_batch
 from utils.checkpoint import (
     CheckpointError,
     apply_state,

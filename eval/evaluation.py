@@ -36,7 +36,8 @@ from tqdm import tqdm
 from eval import verification
 from eval.embedder import Embedder, load_backbone
 from eval.steps import ResultCache, best_steps, format_steps, settings_key
-from utils.checkpoint import CheckpointError, is_step_weights, list_step_weights, step_from_filename
+from utils.checkpoint import CheckpointError
+from utils.run_files import is_step_weights, list_step_weights, step_from_filename
 from utils.cli import UsageError, run_cli
 from utils.fileio import atomic_path, refuse_overwrite
 

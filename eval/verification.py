@@ -28,6 +28,7 @@ from sklearn.model_selection import KFold
 from tqdm import tqdm
 
 from eval.embedder import normalise
+from utils.errors import UserError
 
 __all__ = [
     "BinFileError",
@@ -42,7 +43,7 @@ __all__ = [
 FAR_TARGET = 1e-3
 
 
-class BinFileError(ValueError):
+class BinFileError(UserError, ValueError):
     """A verification .bin that is malformed, undecodable or unsafe to unpickle."""
 
 

@@ -7,8 +7,8 @@ of its other centers) and takes the softmax across blocks with all-reduced maxim
 so no process ever holds the (N, C) logits of all classes.
 
 Gradients. Every rank computes the same loss (the global-batch mean). The gradient of this
-rank's block reaches its centers directly (no DDP all-reduce: the kernel is excluded, see
-:func:`sharded_parameter_names`). The embeddings' gradient is summed over the blocks and then
+rank's block reaches its centers directly (no DDP all-reduce: the training method lists the kernel
+in ``ddp_ignored_parameters``). The embeddings' gradient is summed over the blocks and then
 multiplied by W, so DDP's averaging of the backbone gradients gives the full-FC gradient.
 
 Unsampled centers (sample_rate < 1) get an exact zero gradient: the kernel is indexed, as in
@@ -19,7 +19,8 @@ momentum to them as to any parameter with a zero gradient (their momentum decays
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -28,7 +29,7 @@ from torch import nn
 
 from losses.heads import MarginHead, get_head
 from losses.heads.base import compute_dtype, full_precision, target_values
-from utils.config import ConfigError
+from utils.errors import ConfigError
 
 
 def class_split(num_classes: int, world_size: int, rank: int) -> tuple[int, int]:
@@ -62,7 +63,7 @@ class _AllGather(torch.autograd.Function):
         if ctx.world > 1:
             # each rank holds only its block's part of d loss / d embeddings: add them up
             dist.all_reduce(grad)
-        # times W: DDP divides the backbone gradients by W again (SPEC's gradient convention)
+        # times W: DDP divides the backbone gradients by W again, so the backbone gets the full-FC gradient
         return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows] * ctx.world
 
 
@@ -108,17 +109,31 @@ class _DistCrossEntropy(torch.autograd.Function):
 class PartialFC(nn.Module):
     """A margin head whose class centers are sharded across the ranks of the process group.
 
-    ``head`` is this rank's :class:`MarginHead` for the classes [class_start, class_start +
-    num_local); ``pfc(local_embeddings, local_labels)`` (or ``pfc.loss(...)``) is the loss of
-    the global batch, the same on every rank. Build it after ``init_process_group`` (one
-    process without a group is world size 1).
+    ``head``: a head name (``get_head``) or a factory ``head(in_features, out_features,
+    **head_params)`` such as a MarginHead class; ``self.head`` is this rank's head for the classes
+    [class_start, class_start + num_local). ``pfc(local_embeddings, local_labels)`` (or
+    ``pfc.loss(...)``) is the loss of the global batch, the same on every rank. ``rank`` and
+    ``world_size`` name this process's place in the group (the training methods pass theirs);
+    left out, they are read from the initialised process group (world size 1 without one).
     """
 
-    def __init__(self, head_name: str, embedding_size: int, num_classes: int, sample_rate: float = 1.0, **head_params):
+    def __init__(
+        self,
+        head: str | Callable[..., MarginHead],
+        embedding_size: int,
+        num_classes: int,
+        sample_rate: float = 1.0,
+        *,
+        rank: int | None = None,
+        world_size: int | None = None,
+        **head_params: Any,
+    ):
         super().__init__()
         if not 0.0 < sample_rate <= 1.0:
             raise ConfigError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
-        self.rank, self.world_size = _rank_and_world()
+        group_rank, group_size = _rank_and_world()
+        self.rank = group_rank if rank is None else int(rank)
+        self.world_size = group_size if world_size is None else int(world_size)
         if self.world_size > num_classes:
             raise ConfigError(
                 f"partial_fc: world size {self.world_size} is larger than num_classes {num_classes}; "
@@ -129,7 +144,8 @@ class PartialFC(nn.Module):
         # at least one column: a rank whose block has no positive in the batch still scores one
         # negative (an empty block would leave the softmax's max without elements)
         self.num_sample = max(1, int(self.sample_rate * self.num_local))
-        self.head: MarginHead = get_head(head_name, embedding_size, self.num_local, **head_params)
+        build = functools.partial(get_head, head) if isinstance(head, str) else head
+        self.head: MarginHead = build(embedding_size, self.num_local, **head_params)
         self._labels_checked = False
 
     @property
@@ -225,12 +241,3 @@ class PartialFC(nn.Module):
             f"classes=[{self.class_start}, {self.class_start + self.num_local}), sample_rate={self.sample_rate}"
         )
 
-
-def partial_fc_modules(module: nn.Module) -> dict[str, PartialFC]:
-    """Every PartialFC inside ``module``, by its qualified name."""
-    return {name: child for name, child in module.named_modules() if isinstance(child, PartialFC)}
-
-
-def sharded_parameter_names(module: nn.Module) -> list[str]:
-    """Qualified names of the sharded class centers in ``module`` (for DDP to leave alone)."""
-    return [f"{name}.head.kernel" if name else "head.kernel" for name in partial_fc_modules(module)]

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from tools import make_synthetic
-from utils import train_state
+from utils import run_files
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ def assert_resume_after_sigkill_is_exact(
     reference, killed = tmp_path / "uninterrupted", tmp_path / "killed"
     main(run_args(reference, "save_step=2"))
     kill_when_saved(script, run_args(killed, "save_step=2"), killed / "checkpoint-4.pt")
-    steps_left = [step for step, _ in train_state.list_checkpoints(killed)]
+    steps_left = [step for step, _ in run_files.list_checkpoints(killed)]
     assert steps_left and max(steps_left) < last_step
 
     main(run_args(killed, "save_step=2") + ["--resume", "auto"])

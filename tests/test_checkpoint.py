@@ -16,7 +16,6 @@ from utils.checkpoint import (
     infer_network,
     load_weights,
     read_checkpoint_meta,
-    step_from_filename,
 )
 
 TINY = {"width": 8, "num_features": 16}
@@ -239,9 +238,3 @@ def test_missing_and_corrupt_files(tmp_path):
     torch.save([1, 2, 3], notsd)
     with pytest.raises(CheckpointError, match="no backbone state dict"):
         load_weights(tiny(), notsd)
-
-
-def test_step_from_filename():
-    assert step_from_filename("/a/24000model.pth") == 24000
-    assert step_from_filename("checkpoint-120.pt") == 120
-    assert step_from_filename("backbone.pth") is None

@@ -17,7 +17,7 @@ from easydict import EasyDict as edict
 from torch.nn.parallel import DistributedDataParallel
 
 from backbones import get_backbone
-from losses import build_method
+from methods import build_method
 from utils.distributed import warn_if_restarts_share_store
 
 CFG = edict(

@@ -18,7 +18,8 @@ import torch
 
 from runs import ROOT, assert_bitwise_equal
 from test_train import args, state_of
-from utils import train_state
+from training import checkpoints
+from utils import run_files
 
 # 48 images, 4 per process and step: 6 steps per epoch, stage 2 from epoch 1, a checkpoint every 2 steps
 RUN = ("batch_size=4", "num_epoch=2", "shrink_epoch=[2]", "save_step=2", "keep_checkpoints=0")
@@ -80,12 +81,12 @@ def test_killed_rank_is_restarted_and_the_run_ends_bit_identical(data_dir, tmp_p
     assert log.count(f"[{KILL_AT_STEP}][E 0]") == 0  # frequent=2: step 5 is never logged; 4 and 6 are
     assert log.count("[4][E 0]") == 1 and log.count("[6][E 0]") == 1  # step 6 only by the restarted group
 
-    steps = [step for step, _ in train_state.list_checkpoints(elastic)]
+    steps = [step for step, _ in run_files.list_checkpoints(elastic)]
     assert steps == [2, 4, 6, 8, 10, 12]
     for a, b in zip(state_of(reference / "checkpoint-12.pt"), state_of(elastic / "checkpoint-12.pt")):
         assert_bitwise_equal(a, b)
-    ranks_a = train_state.read_checkpoint(str(reference / "checkpoint-12.pt"))["ranks"]
-    ranks_b = train_state.read_checkpoint(str(elastic / "checkpoint-12.pt"))["ranks"]
+    ranks_a = checkpoints.read_checkpoint(str(reference / "checkpoint-12.pt"))["ranks"]
+    ranks_b = checkpoints.read_checkpoint(str(elastic / "checkpoint-12.pt"))["ranks"]
     for a, b in zip(ranks_a, ranks_b):  # every rank's BatchNorm statistics too
         assert_bitwise_equal(a["buffers"], b["buffers"])
     torch.testing.assert_close(torch.load(reference / "backbone.pth", weights_only=True),

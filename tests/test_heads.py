@@ -9,11 +9,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from losses import HEADS, ContraFaceTraining, SingleBranch, get_head
+from losses import HEADS, get_head
+from methods import ContraFaceTraining, SingleBranch
 from losses.heads import HEAD_PARAMS
-from losses.methods import head_params
+from losses.heads import head_params
 from runs import ToyBackbone
-from utils.config import ConfigError, load_config
+from train import load_training_config as load_config
+from utils.errors import ConfigError
 
 S = 64.0
 

@@ -6,12 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from losses import ArcFace, ContraFace, ContraFaceTraining, CosFace, SingleBranch, get_head
+from losses import ArcFace, ContraFace, CosFace, get_head
+from methods import ContraFaceTraining, SingleBranch
 from runs import ToyBackbone
 
 
 def contra_loop(f1, f2, labels, s, m_prev, ema=0.99):
-    """The SPEC's ContraFace written as plain loops: returns (loss, new margin)."""
+    """The ContraFace loss (the authors' formula) written as plain loops: returns (loss, new margin)."""
     n = len(labels)
     def unit(rows):
         return [[v / math.sqrt(sum(u * u for u in row)) for v in row] for row in rows]

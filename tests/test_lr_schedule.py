@@ -6,7 +6,8 @@ import pytest
 import torch
 from easydict import EasyDict as edict
 
-from utils.lr_schedule import build_lr_schedule, cosine_factor, poly_factor
+from utils.errors import UnknownNameError
+from utils.lr_schedule import SCHEDULES, build_lr_schedule, cosine_factor, poly_factor
 
 
 def test_cos_matches_torch_cosine_annealing_per_step():
@@ -33,5 +34,7 @@ def test_poly_warmup_then_power_two():
 
 
 def test_unknown_scheduler_lists_the_known():
-    with pytest.raises(ValueError, match="unknown scheduler 'cosine' \\(known: step, cos, poly\\)"):
+    with pytest.raises(UnknownNameError, match=r"unknown scheduler 'cosine' \(known: step, cos, poly\)"):
         build_lr_schedule(edict(scheduler="cosine"), 1)
+    assert list(SCHEDULES) == ["step", "cos", "poly"]
+    assert build_lr_schedule(edict(scheduler="COS", num_epoch=1), 4)(2) == pytest.approx(0.5)  # any case

@@ -18,11 +18,12 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from losses import HEADS, PartialFC, SingleBranch, get_head
-from losses.partial_fc import class_split, sharded_parameter_names
+from losses import HEADS, PartialFC, get_head
+from methods import SingleBranch
+from losses.partial_fc import class_split
 from runs import ROOT
-from utils import train_state
-from utils.sharded_state import checkpoint_centers, gather_sharded_state
+from training import checkpoints
+from methods.sharded_state import checkpoint_centers, sharded_parameter_names
 
 D, C, N_LOCAL, WORLD = 8, 5, 4, 2  # 5 classes on 2 ranks: [0, 3) and [3, 5)
 SEED = 1234
@@ -158,14 +159,14 @@ def train_step(model, optimizer, step, rank, world):
 
 def save(method, optimizer, path, rank):
     """What train.py's save() does, for a method without a real backbone."""
-    state = train_state.rank_state(method, torch.device("cpu"))
+    state = checkpoints.rank_state(method, torch.device("cpu"))
     ranks = [None] * dist.get_world_size()
     dist.all_gather_object(ranks, state)
-    sharded = gather_sharded_state(method, optimizer)
+    method_state = method.checkpoint_state(optimizer)
     if rank == 0:
-        train_state.save_checkpoint(
-            path, method=method, optimizer=optimizer, scaler=None, step=SAVED_AT, epoch=0, ranks=ranks,
-            network="linear", network_kwargs={}, callbacks={}, config={}, sharded=sharded,
+        checkpoints.save_checkpoint(
+            path, method_state=method_state, scaler=None, step=SAVED_AT, epoch=0, ranks=ranks,
+            network="linear", network_kwargs={}, callbacks={}, config={},
         )
     dist.barrier()
 
@@ -173,8 +174,8 @@ def save(method, optimizer, path, rank):
 def resume(rank, world, path):
     """Load the checkpoint on ``world`` ranks; the losses of the next two batches."""
     method, optimizer, model = resume_setup(rank, world, seed=99)
-    checkpoint = train_state.read_checkpoint(path)
-    train_state.load_checkpoint(
+    checkpoint = checkpoints.read_checkpoint(path)
+    checkpoints.load_checkpoint(
         checkpoint, method=method, optimizer=optimizer, scaler=None, rank=rank, device=torch.device("cpu"), path=path
     )
     return [train_step(model, optimizer, step, rank, world) for step in (SAVED_AT, SAVED_AT + 1)]
@@ -315,8 +316,8 @@ def test_checkpoint_of_another_class_count_is_an_error(ranks):
     method = SingleBranch(nn.Linear(6, D), PartialFC("cosface", D, 8), dropout=0.0)
     optimizer = torch.optim.SGD(method.param_groups(), lr=0.1, momentum=0.9)
     with pytest.raises(ValueError, match=f"{path}: its class centers cover 7 classes, but num_classes is 8"):
-        train_state.load_checkpoint(
-            train_state.read_checkpoint(path), method=method, optimizer=optimizer, scaler=None, rank=0,
+        checkpoints.load_checkpoint(
+            checkpoints.read_checkpoint(path), method=method, optimizer=optimizer, scaler=None, rank=0,
             device=torch.device("cpu"), path=path,
         )
 
@@ -326,8 +327,8 @@ def test_sharded_checkpoint_into_the_replicated_head_is_an_error(ranks):
     method = SingleBranch(nn.Linear(6, D), get_head("cosface", D, RESUME_C), dropout=0.0)
     optimizer = torch.optim.SGD(method.param_groups(), lr=0.1, momentum=0.9)
     with pytest.raises(ValueError, match="written with partial_fc = True"):
-        train_state.load_checkpoint(
-            train_state.read_checkpoint(path), method=method, optimizer=optimizer, scaler=None, rank=0,
+        checkpoints.load_checkpoint(
+            checkpoints.read_checkpoint(path), method=method, optimizer=optimizer, scaler=None, rank=0,
             device=torch.device("cpu"), path=path,
         )
 
@@ -454,7 +455,7 @@ def test_two_nodes_end_with_the_weights_of_one_node(data_dir, one_node_run, tmp_
         nodes = [["--nnodes=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=pfc"]] * 2
     wait_all([torchrun(data_dir, out, "--nproc_per_node=1", *node) for node in nodes])
 
-    one, two = (train_state.read_checkpoint(str(run / "checkpoint-12.pt")) for run in (one_node_run, out))
+    one, two = (checkpoints.read_checkpoint(str(run / "checkpoint-12.pt")) for run in (one_node_run, out))
     assert two["world_size"] == 2
     for key, value in one["backbone"].items():
         assert torch.equal(two["backbone"][key], value), key

@@ -14,7 +14,8 @@ from utils.sampler import (
 
 
 def test_facecl_example_order():
-    # SPEC: labels [0,0,0,1,1,2], batch 2, group 2, 2 ranks, epoch 0, seed 0 (FaceCL's sampler)
+    # FaceCL's sampler on labels [0,0,0,1,1,2], batch 2, group 2, 2 ranks, epoch 0, seed 0 (its output,
+    # recorded once)
     rank0 = DistributedClassGroupSampler([0, 0, 0, 1, 1, 2], 2, 2, num_replicas=2, rank=0, seed=0)
     rank1 = DistributedClassGroupSampler([0, 0, 0, 1, 1, 2], 2, 2, num_replicas=2, rank=1, seed=0)
     assert list(rank0) == [[5, 5], [2, 0]]

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from eval.steps import ResultCache, best_steps, format_steps, settings_key
-from utils.checkpoint import is_step_weights, list_step_weights, require_step_weights
+from utils.run_files import is_step_weights, list_step_weights, require_step_weights
 
 
 def test_list_step_weights_one_file_per_step(tmp_path):

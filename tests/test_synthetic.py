@@ -13,8 +13,9 @@ import pytest
 
 from eval.verification import load_bin
 from tools import make_synthetic as ms
-from utils import synthetic_faces as sf
+from tools import synthetic_faces as sf
 from utils.dataset import MXFaceDataset
+from utils.errors import UnknownNameError
 from utils.recordio import MXIndexedRecordIO, unpack
 
 TINY = ["--num-ids", "5", "--images-per-id", "3", "--eval-ids", "6", "--pairs", "20", "--no-progress"]
@@ -122,8 +123,9 @@ def test_profiles_stress_their_nuisance():
 
     assert np.median(yaws("cfp_fp/profile")) > 3 * np.median(yaws("cfp_fp/frontal"))
     assert np.median(yaws("cfp_fp/profile")) > 3 * np.median(yaws("lfw"))
-    with pytest.raises(ValueError, match="unknown nuisance profile 'lwf'; did you mean 'lfw'"):
-        sf.get_profile("lwf")
+    with pytest.raises(UnknownNameError, match=r"nuisance profile 'cplwf'; did you mean 'cplfw'\? \(known: clean, "):
+        sf.get_profile("cplwf")
+    assert sf.get_profile("LFW") is sf.PROFILES["lfw"]
 
 
 def test_render_is_a_pure_function_of_its_keys():

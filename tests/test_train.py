@@ -11,7 +11,8 @@ import torch
 
 import train
 from runs import assert_resume_after_sigkill_is_exact
-from utils import train_state
+from training import checkpoints
+from utils import run_files
 from utils.checkpoint import load_weights
 from utils.config import ConfigError
 
@@ -49,7 +50,7 @@ def state_of(path):
 def test_training_runs_logs_and_exports(data_dir, tmp_path):
     out = tmp_path / "run"
     train.main(args(data_dir, out, "save_step=4"))
-    assert [step for step, _ in train_state.list_checkpoints(out)] == [16, 18]  # keep_checkpoints=2
+    assert [step for step, _ in run_files.list_checkpoints(out)] == [16, 18]  # keep_checkpoints=2
     config = json.loads((out / "config.json").read_text())
     assert config["num_classes"] == 8 and config["network_width"] == 8
     log = (out / "training.log").read_text()
@@ -60,7 +61,7 @@ def test_training_runs_logs_and_exports(data_dir, tmp_path):
 
     backbone = get_backbone("iresnet18", width=8, num_features=32)
     load_weights(backbone, str(out / "backbone.pth"))  # insightface-style plain state dict
-    last = train_state.read_checkpoint(str(out / "checkpoint-18.pt"))
+    last = checkpoints.read_checkpoint(str(out / "checkpoint-18.pt"))
     assert last["step"] == 18 and last["head"]["contra.margin"] != 0
     torch.testing.assert_close(backbone.state_dict(), last["backbone"], rtol=0, atol=0)
 
@@ -84,12 +85,12 @@ def test_refuses_to_overwrite_an_existing_run(data_dir, tmp_path):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
     out = tmp_path / "run"
     train.main(args(data_dir, out, "num_epoch=1", "shrink_epoch=[1]"))
-    saved = {path: file_digest(path) for _, path in train_state.list_checkpoints(out)}
+    saved = {path: file_digest(path) for _, path in run_files.list_checkpoints(out)}
     # a head scale of 1e39 overflows float32: the logits, hence the loss, are not finite
     message = r"non-finite loss at step 7 .*Last good checkpoint: .*checkpoint-6.pt"
     with pytest.raises(FloatingPointError, match=message):
         train.main(args(data_dir, out, "num_epoch=2", "shrink_epoch=[1]", "s=1e39") + ["--resume", "auto"])
-    assert {path: file_digest(path) for _, path in train_state.list_checkpoints(out)} == saved
+    assert {path: file_digest(path) for _, path in run_files.list_checkpoints(out)} == saved
 
 
 def test_missing_data_dir_names_it_and_suggests_synthetic(tmp_path):
@@ -118,7 +119,7 @@ def test_two_processes_on_cpu(data_dir, tmp_path, launcher):
     command = [sys.executable, "-m", launcher, "--nproc_per_node=2", "train.py",
                *args(data_dir, out, "batch_size=4", "num_epoch=2", "shrink_epoch=[2]")]
     subprocess.run(command, cwd=ROOT, check=True, timeout=600)
-    checkpoint = train_state.read_checkpoint(str(out / "checkpoint-12.pt"))
+    checkpoint = checkpoints.read_checkpoint(str(out / "checkpoint-12.pt"))
     assert checkpoint["world_size"] == 2 and len(checkpoint["ranks"]) == 2
     # buffers are per rank (broadcast_buffers=False, as the reference): BN statistics differ
     a, b = (r["buffers"]["backbone.bn1.running_mean"] for r in checkpoint["ranks"])
@@ -139,8 +140,8 @@ def test_init_weights_starts_at_start_epoch_with_fresh_optimizer(data_dir, tmp_p
     # the step counter, LR schedule and stage switch begin at epoch 1: step 6, lr 0.1 * 0.1, stage 2
     first = log_lines(stage2, "-Loss")[0]
     assert first.split("]-", 1)[1].startswith("[8][E 1]") and "-LR 0.010000" in first and "-LC" in first
-    assert [step for step, _ in train_state.list_checkpoints(stage2)] == [12, 18]
-    start = train_state.read_checkpoint(str(stage2 / "checkpoint-12.pt"))
+    assert [step for step, _ in run_files.list_checkpoints(stage2)] == [12, 18]
+    start = checkpoints.read_checkpoint(str(stage2 / "checkpoint-12.pt"))
     assert start["step"] == 12 and start["epoch"] == 2
     # a plain insightface backbone.pth has no centers: the head starts fresh
     plain = tmp_path / "plain"
@@ -159,7 +160,7 @@ def test_init_weights_reads_the_original_contraface_layout(data_dir, tmp_path):
     out = tmp_path / "run"
     train.main(args(data_dir, out, f"init_weights={tmp_path / '90976model.pth'}", "start_epoch=2", "method=single",
                     "lr=0"))
-    head = train_state.read_checkpoint(str(out / "checkpoint-18.pt"))["head"]
+    head = checkpoints.read_checkpoint(str(out / "checkpoint-18.pt"))["head"]
     torch.testing.assert_close(head["head.kernel"], kernel, rtol=0, atol=0)  # lr 0: the loaded centers
 
 
@@ -177,9 +178,9 @@ def test_init_weights_of_another_architecture_names_the_file(data_dir, tmp_path)
 def test_keep_all_checkpoints_and_a_backbone_per_evaluation(data_dir, tmp_path):
     out = tmp_path / "run"
     train.main(args(data_dir, out, "save_step=4", "keep_checkpoints=0", "keep_backbones=2"))
-    assert [step for step, _ in train_state.list_checkpoints(out)] == [4, 8, 12, 16, 18]
-    assert [step for step, _ in train_state.list_backbones(out)] == [12, 18]  # evaluated at 6, 12, 18
-    last = train_state.read_checkpoint(str(out / "checkpoint-18.pt"))
+    assert [step for step, _ in run_files.list_checkpoints(out)] == [4, 8, 12, 16, 18]
+    assert [step for step, _ in run_files.list_backbones(out)] == [12, 18]  # evaluated at 6, 12, 18
+    last = checkpoints.read_checkpoint(str(out / "checkpoint-18.pt"))
     snapshot = torch.load(out / "backbone-18.pth", weights_only=True)
     torch.testing.assert_close(snapshot, last["backbone"], rtol=0, atol=0)
     # the paper's number: the mean over targets of each target's best accuracy so far

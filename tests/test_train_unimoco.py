@@ -11,7 +11,8 @@ import torch
 import train_unimoco
 from backbones import get_backbone
 from runs import assert_resume_after_sigkill_is_exact
-from utils import train_state
+from training import checkpoints
+from utils import run_files
 from utils.checkpoint import load_weights
 from utils.config import ConfigError
 
@@ -63,8 +64,8 @@ def test_training_runs_logs_and_exports(data_dir, tmp_path):
     log = (out / "training.log").read_text()
     assert "[2][E 0]" in log and "-AvgPos" in log and "-Q_items" in log and "-Q_balance" in log
     assert '"method": "unimoco"' in log and "[6][lfw]Accuracy-Flip" in log
-    assert [step for step, _ in train_state.list_checkpoints(out)] == [4, 6]
-    last = train_state.read_checkpoint(str(out / "checkpoint-6.pt"))
+    assert [step for step, _ in run_files.list_checkpoints(out)] == [4, 6]
+    last = checkpoints.read_checkpoint(str(out / "checkpoint-6.pt"))
     head = last["head"]
     # 6 steps of 8 keys through a queue of 16: the pointer is back at 0, every slot labelled
     assert head["queue_ptr"].item() == 0 and (head["label_queue"] >= 0).all()
@@ -85,7 +86,7 @@ def test_resume_after_sigkill_is_bitwise_exact(data_dir, tmp_path):
 
 
 def test_load_weights_takes_facecl_query_encoder(tmp_path):
-    from losses.unimoco import UniMoCo
+    from methods.unimoco import UniMoCo
 
     torch.manual_seed(0)
     model = UniMoCo(get_backbone("iresnet18", width=4, num_features=16), embedding_size=16, dim=8, K=16)
@@ -115,7 +116,7 @@ def test_facecl_command_two_processes_on_cpu(data_dir, tmp_path, launcher):
     command = [sys.executable, "-m", launcher, "--nproc_per_node=2", "train_unimoco.py",
                *args(data_dir, out, "batch_size=4", "num_epoch=1")]
     subprocess.run(command, cwd=ROOT, check=True, timeout=600)
-    checkpoint = train_state.read_checkpoint(str(out / "checkpoint-6.pt"))
+    checkpoint = checkpoints.read_checkpoint(str(out / "checkpoint-6.pt"))
     assert checkpoint["world_size"] == 2
     a, b = (r["buffers"] for r in checkpoint["ranks"])
     # the queue is global (every rank enqueues all ranks' keys); BN statistics stay per rank

@@ -12,9 +12,11 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from backbones import get_backbone
-from losses import UnifiedContrastive, build_method
-from losses.unimoco import UniMoCo, batch_shuffle, batch_unshuffle, make_projection
-from utils.config import ConfigError, load_config
+from losses import UnifiedContrastive
+from methods import build_method
+from methods.unimoco import UniMoCo, batch_shuffle, batch_unshuffle, make_projection
+from train import load_training_config as load_config
+from utils.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -261,7 +263,7 @@ def ddp_worker(rank, init_file, result_file):
     torch.manual_seed(0)
     backbone = get_backbone("iresnet18", width=4, num_features=16)
     torch.manual_seed(rank)  # each rank draws its own queue: rank 0's must win
-    model = UniMoCo(backbone, embedding_size=16, dim=8, K=16, m=0.99)
+    model = UniMoCo(backbone, embedding_size=16, dim=8, K=16, m=0.99, rank=rank, world_size=2)
     with warnings.catch_warnings():  # as train.py: rank-local buffers need broadcast_buffers=False
         warnings.filterwarnings("ignore", message=".*broadcast_buffers", category=FutureWarning)
         ddp = DistributedDataParallel(model, broadcast_buffers=False)

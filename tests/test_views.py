@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from utils.errors import UnknownNameError
 from utils.views import AUGMENTATIONS, TwoViewDataset, _color_jitter, _random_resized_crop, get_augmentation, view_rng
 
 
@@ -55,16 +56,20 @@ def test_arcface_is_a_flip_or_the_image():
     assert 2 <= flips <= 14  # p = 0.5 over 16 draws
 
 
-def test_float_base_images_are_converted_back_exactly():
-    image = Faces().images[0]
-    normalised = torch.from_numpy(((image / np.float32(255) - np.float32(0.5)) / np.float32(0.5)).astype(np.float32))
-
+def test_base_images_must_be_uint8():
     class FloatFaces(Faces):
         def __getitem__(self, i):
-            return normalised, torch.tensor(0)
+            return torch.zeros(3, 112, 112), torch.tensor(0)
 
-    from_uint8 = TwoViewDataset(Faces(), "ArcFace")[0][0]
-    assert torch.equal(TwoViewDataset(FloatFaces(), "ArcFace")[0][0], from_uint8)
+    hwc = Faces().images[0].transpose(1, 2, 0)
+
+    class HWCFaces(Faces):
+        def __getitem__(self, i):
+            return torch.from_numpy(np.ascontiguousarray(hwc)), torch.tensor(0)
+
+    assert torch.equal(TwoViewDataset(HWCFaces(), "ArcFace")[0][0], TwoViewDataset(Faces(), "ArcFace")[0][0])
+    with pytest.raises(TypeError, match="expected a uint8 image, got float32"):
+        TwoViewDataset(FloatFaces(), "ArcFace")[0]
 
 
 def test_color_jitter_keeps_gray_gray_and_crop_size():
@@ -79,6 +84,10 @@ def test_color_jitter_keeps_gray_gray_and_crop_size():
 
 
 def test_registry():
-    assert set(AUGMENTATIONS) == {"MoCo2", "MoCo2_NoCrop", "ArcFace"}
-    with pytest.raises(ValueError, match="unknown augmentation 'moco2' \\(known: MoCo2, MoCo2_NoCrop, ArcFace\\)"):
-        get_augmentation("moco2")
+    assert list(AUGMENTATIONS) == ["MoCo2", "MoCo2_NoCrop", "ArcFace"]
+    assert get_augmentation("moco2") is AUGMENTATIONS["MoCo2"]  # any case
+    assert TwoViewDataset(Faces(), "moco2_nocrop").augmentation == "MoCo2_NoCrop"
+    with pytest.raises(UnknownNameError, match=r"unknown augmentation 'MoCo3'; did you mean 'MoCo2'.*"
+                                               r"\(known: MoCo2, MoCo2_NoCrop, ArcFace\)"):
+        get_augmentation("MoCo3")
+    assert issubclass(UnknownNameError, ValueError)

@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
 
 from utils.cli import run_cli  # noqa: E402
@@ -25,7 +26,7 @@ COLORS = {
 }
 
 
-def box(ax, x: float, y: float, w: float, h: float, text: str, kind: str) -> tuple[float, float, float, float]:
+def box(ax: Axes, x: float, y: float, w: float, h: float, text: str, kind: str) -> tuple[float, float, float, float]:
     """A rounded labelled box; returns its (x, y, w, h)."""
     ax.add_patch(
         FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.02,rounding_size=0.08", fc=COLORS[kind], ec="#444", lw=1)
@@ -34,21 +35,25 @@ def box(ax, x: float, y: float, w: float, h: float, text: str, kind: str) -> tup
     return x, y, w, h
 
 
-def arrow(ax, start: tuple[float, float], end: tuple[float, float], text: str = "") -> None:
+def arrow(ax: Axes, start: tuple[float, float], end: tuple[float, float], text: str = "") -> None:
+    """An arrow from ``start`` to ``end``, labelled with ``text`` above its middle."""
     ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=10, lw=1, color="#333"))
     if text:
         ax.text((start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + 0.12, text, ha="center", fontsize=7.5)
 
 
-def right(b):
+def right(b: tuple[float, float, float, float]) -> tuple[float, float]:
+    """The middle of the right edge of box ``b`` (x, y, w, h)."""
     return b[0] + b[2], b[1] + b[3] / 2
 
 
-def left(b):
+def left(b: tuple[float, float, float, float]) -> tuple[float, float]:
+    """The middle of the left edge of box ``b`` (x, y, w, h)."""
     return b[0], b[1] + b[3] / 2
 
 
-def draw_stage1(ax) -> None:
+def draw_stage1(ax: Axes) -> None:
+    """Stage 1: one trunk pass, dropout, FC + BN, the margin head, cross-entropy."""
     ax.set_title("Stage 1 (epochs before the first LR decay): single branch", fontsize=10, loc="left")
     y, h = 1.0, 0.8
     chain = [
@@ -64,7 +69,8 @@ def draw_stage1(ax) -> None:
         arrow(ax, right(a), left(b))
 
 
-def draw_stage2(ax) -> None:
+def draw_stage2(ax: Axes) -> None:
+    """Stage 2: one trunk pass, two dropout masks through the shared head, the contrastive loss."""
     ax.set_title("Stage 2 (from the first LR decay on): two dropout views of one trunk pass", fontsize=10, loc="left")
     h = 0.7
     image = box(ax, 0.1, 1.55, 1.0, h, "face\n112x112", "data")
@@ -97,6 +103,7 @@ def draw_stage2(ax) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Draw both stages into ``--output``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="images/framework.png")
     args = parser.parse_args(argv)

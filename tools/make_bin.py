@@ -29,11 +29,12 @@ from tqdm import tqdm
 from utils.cli import run_cli
 from utils.fileio import atomic_path, refuse_overwrite
 from utils.images import encode_face
+from utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 
-class PairsFormatError(ValueError):
+class PairsFormatError(UserError, ValueError):
     """A pairs list that cannot be parsed; the message names the file and line."""
 
 
@@ -175,6 +176,7 @@ def _image_size(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m tools.make_bin``."""
     parser = argparse.ArgumentParser(prog="python -m tools.make_bin", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", required=True,

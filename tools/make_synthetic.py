@@ -37,7 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tools.make_bin import write_bin
-from utils import synthetic_faces as sf
+from tools import synthetic_faces as sf
 from utils.cli import run_cli
 from utils.fileio import atomic_path, atomic_write_bytes, refuse_overwrite
 from utils.recordio import IRHeader, MXIndexedRecordIO, pack
@@ -261,7 +261,7 @@ def _readme(manifest: dict) -> str:
     lines = [
         "# Synthetic faces (ContraFace's embedded default data)",
         "",
-        "Procedurally rendered faces (utils/synthetic_faces.py), written by `python -m "
+        "Procedurally rendered faces (tools/synthetic_faces.py), written by `python -m "
         "tools.make_synthetic` in insightface's formats. Regenerate byte-identically with:",
         "",
         f"    {manifest['command']}",

@@ -3,7 +3,7 @@
     python -m tools.make_synthetic_ijb --output data/ijb_synth [--targets IJBC,IJBB]
 
 Per target (``OUT/IJBC`` with ``ijbc_`` files and galleries G1/G2, ``OUT/IJBB`` with ``ijbb_``
-and S1/S2): ``loose_crop/<k>.jpg`` (faces of utils.synthetic_faces, placed by a random
+and S1/S2): ``loose_crop/<k>.jpg`` (faces of tools.synthetic_faces, placed by a random
 similarity in a larger canvas, with the 5 points that map them back), ``meta/`` in the formats
 of the release (see eval/ijb/data.py) and ``synthetic_manifest.json`` (subject, template, media
 and frame of every image; the generation parameters).
@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from eval.alignment import ARCFACE_TEMPLATE
 from eval.ijb.data import GALLERIES, TARGETS
-from utils import synthetic_faces as sf
+from tools import synthetic_faces as sf
 from utils.cli import run_cli
 from utils.fileio import refuse_overwrite
 
@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-medias", type=int, default=3, help="media per template: 1..this")
     p.add_argument("--max-frames", type=int, default=3, help="frames per media: 1..this")
     p.add_argument("--impostor-ratio", type=int, default=5, help="impostor pairs per genuine pair")
-    p.add_argument("--profile", default="train", help="utils.synthetic_faces nuisance profile")
+    p.add_argument("--profile", default="train", help="tools.synthetic_faces nuisance profile")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace existing target folders")
     args = p.parse_args(argv)

@@ -14,7 +14,7 @@ Layout (insightface's MegaFace package, so eval.megaface.megaface_eval's default
     OUT/facescrub_lst, OUT/megaface_lst                          plain path lists (as the package)
     OUT/manifest.json                                                parameters and what is where
 
-Images are 112x112 aligned crops rendered by utils.synthetic_faces, except ``--unaligned`` probes
+Images are 112x112 aligned crops rendered by tools.synthetic_faces, except ``--unaligned`` probes
 and distractors: those are placed by a random similarity in a larger picture, with MegaFace's
 per-image landmark file ``<image>.json`` (``{"bounding_box": ..., "landmarks": {"0": {"x", "y"},
 ...}}``, the five ArcFace points) so the evaluation has to align them.
@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from eval.alignment import ARCFACE_TEMPLATE
 from eval.megaface.lists import STANDARD_SIZES, write_distractor_list, write_probe_list
-from utils import synthetic_faces as sf
+from tools import synthetic_faces as sf
 from utils.cli import run_cli
 from utils.fileio import refuse_overwrite
 
@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="probes and distractors (each) written unaligned with a landmark .json")
     p.add_argument("--facescrub-noises", type=int, default=2, help="probe images listed as noise")
     p.add_argument("--megaface-noises", type=int, default=3, help="distractors listed as noise")
-    p.add_argument("--profile", default="lfw", help="utils.synthetic_faces nuisance profile")
+    p.add_argument("--profile", default="lfw", help="tools.synthetic_faces nuisance profile")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace this tool's entries in --output")
     args = p.parse_args(argv)

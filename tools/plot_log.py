@@ -32,11 +32,12 @@ from typing import Iterable, Sequence
 
 from utils.cli import UsageError, run_cli
 from utils.fileio import atomic_path, refuse_overwrite
+from utils.errors import UserError
 
 __all__ = ["LogFormatError", "RunCurves", "parse_log", "read_log", "plot_runs", "main"]
 
 
-class LogFormatError(ValueError):
+class LogFormatError(UserError, ValueError):
     """A log file with no line this tool understands (the message names the file)."""
 
 

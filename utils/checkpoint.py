@@ -24,7 +24,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from utils.errors import CheckpointError, UnsafeCheckpointError
 from utils.fileio import atomic_path
+from utils.run_files import step_from_filename
 
 __all__ = [
     "CheckpointError",
@@ -37,10 +39,6 @@ __all__ = [
     "extract_backbone_state",
     "infer_network",
     "read_checkpoint_meta",
-    "step_from_filename",
-    "is_step_weights",
-    "list_step_weights",
-    "require_step_weights",
     "export_backbone",
 ]
 
@@ -64,15 +62,6 @@ IRESNET_DEPTHS = {
 }
 MOBILEFACENET_SCALES = {2: "mobilefacenet", 4: "mobilefacenet_large"}
 _LAYER_KEY = re.compile(r"^layer([1-4])\.(\d+)\.")
-_STEP_IN_NAME = re.compile(r"(?:^|[-_])(\d+)(?=model\.pth$|backbone\.pth$|\.pt$|\.pth$)")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file cannot be read or does not fit the model."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """A checkpoint would execute code when unpickled; it was refused."""
 
 
 def load_state(path: str | os.PathLike) -> Any:
@@ -318,63 +307,6 @@ def apply_state(
     if not strict:
         meta["missing_keys"], meta["unexpected_keys"] = missing, unexpected
     return meta
-
-
-def step_from_filename(path: str | os.PathLike) -> int | None:
-    """The training step in a checkpoint's name (``12000model.pth``, ``checkpoint-12000.pt``)."""
-    match = _STEP_IN_NAME.search(os.path.basename(os.fspath(path)))
-    return int(match.group(1)) if match else None
-
-
-# Per-step weight files of a run folder, most preferred first when several share a step: the
-# small backbone snapshots before the training checkpoints (same backbone, 3-4x the bytes).
-_STEP_FILES = (
-    re.compile(r"^backbone-(\d+)\.pth$"),  # this project, one per evaluation step
-    re.compile(r"^(\d+)model\.pth$"),  # the original ContraFace
-    re.compile(r"^(\d+)backbone\.pth$"),  # ElasticFace
-    re.compile(r"^checkpoint-(\d+)\.pt$"),  # this project's training checkpoints
-)
-
-
-def _step_file(name: str) -> tuple[int, int] | None:
-    """(step, preference rank) when ``name`` is a per-step weight file name, else None."""
-    for rank, pattern in enumerate(_STEP_FILES):
-        match = pattern.match(name)
-        if match:
-            return int(match.group(1)), rank
-    return None
-
-
-def is_step_weights(name: str) -> bool:
-    """Whether a file name is one :func:`list_step_weights` recognises."""
-    return _step_file(os.path.basename(name)) is not None
-
-
-def list_step_weights(folder: str | os.PathLike) -> list[tuple[int, str]]:
-    """(step, path) of a run folder's per-step weight files, one per step, in step order.
-
-    Recognised names: ``backbone-<step>.pth``, ``<step>model.pth``, ``<step>backbone.pth`` and
-    ``checkpoint-<step>.pt``; where a step has several, the first of these is taken.
-    """
-    folder = os.fspath(folder)
-    best: dict[int, tuple[int, str]] = {}
-    for name in os.listdir(folder):
-        found = _step_file(name)
-        if found and os.path.isfile(os.path.join(folder, name)):
-            step, rank = found
-            if step not in best or rank < best[step][0]:
-                best[step] = (rank, os.path.join(folder, name))
-    return [(step, best[step][1]) for step in sorted(best)]
-
-
-def require_step_weights(folder: str | os.PathLike, flag: str = "--weights") -> list[tuple[int, str]]:
-    """:func:`list_step_weights`, or FileNotFoundError naming ``flag`` and the folder when it has none."""
-    steps = list_step_weights(folder)
-    if not steps:
-        raise FileNotFoundError(
-            f"{flag} {os.fspath(folder)}: no per-step weight files (backbone-<step>.pth, "
-            f"<step>model.pth, checkpoint-<step>.pt) in the folder")
-    return steps
 
 
 def read_checkpoint_meta(path: str | os.PathLike) -> dict:

@@ -1,6 +1,6 @@
 """One error style for every command-line entry point.
 
-A problem the user can fix (a missing or corrupt file, an output that exists without
+A problem the user can fix (a ``utils.errors.UserError``: a missing or corrupt file, an output that exists without
 ``--force``, a bad flag value or config key) ends the command with ONE line on stderr that names
 the file, key or value, and exit status 2 (what argparse uses for a bad flag); anything else is a
 bug and keeps its traceback. Every ``if __name__ == "__main__":`` block reads::
@@ -13,37 +13,18 @@ shows the traceback of a user error too.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import sys
 from typing import Any, Callable, NoReturn, Sequence
 
-__all__ = ["EXIT_USER_ERROR", "UsageError", "USER_ERRORS", "user_error_types", "error_line", "run_cli"]
+from utils.errors import UsageError, UserError
+
+__all__ = ["EXIT_USER_ERROR", "UsageError", "UserError", "user_error_types", "error_line", "run_cli"]
 
 EXIT_USER_ERROR = 2
 
 
-class UsageError(ValueError):
-    """A command-line value that cannot work (the message names the flag and the value)."""
-
-
-# The project's exception types for input problems, by module: looked up only in modules that
-# are already imported (an exception can only come from a loaded module), so this file imports
-# nothing heavy and nothing that imports it.
-USER_ERRORS = (
-    "utils.cli:UsageError",
-    "utils.config:ConfigError",
-    "utils.recordio:RecordIOError",
-    "utils.dataset:DatasetError",
-    "utils.checkpoint:CheckpointError",
-    "eval.verification:BinFileError",
-    "eval.ijb.data:IJBFormatError",
-    "eval.megaface.lists:MegaFaceError",
-    "eval.megaface.devkit:DevkitError",
-    "tools.make_bin:PairsFormatError",
-    "tools.plot_log:LogFormatError",
-)
 # files that are missing, in the way, or of the wrong kind
 _FILE_ERRORS: tuple[type[BaseException], ...] = (
     FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,
@@ -51,16 +32,8 @@ _FILE_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def user_error_types(extra: Sequence[type[BaseException]] = ()) -> tuple[type[BaseException], ...]:
-    """The exception types :func:`run_cli` reports as one line (the loaded ones), plus ``extra``."""
-    types = list(_FILE_ERRORS) + list(extra)
-    for entry in USER_ERRORS:
-        module_name, name = entry.split(":")
-        module = sys.modules.get(module_name)
-        if module is None and module_name == __name__:
-            module = importlib.import_module(module_name)
-        if module is not None and isinstance(getattr(module, name, None), type):
-            types.append(getattr(module, name))
-    return tuple(types)
+    """The exception types :func:`run_cli` reports as one line: ``UserError``, file errors, ``extra``."""
+    return (UserError, *_FILE_ERRORS, *extra)
 
 
 def error_line(exc: BaseException) -> str:

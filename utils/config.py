@@ -1,29 +1,61 @@
-"""Load ``config/config.py``, switch its dataset block, apply typed ``--set key=value`` overrides."""
+"""The config loader: ``config/config.py`` (the one file users edit), presets layered on it, ``--set``.
+
+A **root** config is a file that defines ``DATASETS`` (``config/config.py`` or a copy of it): an
+EasyDict ``config`` holding every key, and one block of keys per training set.
+
+A **preset** (``configs/*.py``) is any other config file. It states only what differs from its
+base, in at most three module-level names (``_``-prefixed helpers and imports are ignored;
+anything else is refused, so that a misspelt ``datset`` cannot be silently ignored):
+
+    # configs/my_experiment.py: a docstring (why, and where the values come from), then
+    from easydict import EasyDict as edict
+
+    base = "configs/other_preset.py"  # optional; default "config/config.py"; relative to the repo root
+    dataset = "synthetic"             # optional; a block of the root's DATASETS; default: the base's
+    config = edict()                  # optional; the keys this preset changes, nothing else
+    config.lr = 0.02
+    config.num_epoch = 2
+
+Loading a preset resolves its chain of bases down to the root (a cycle is an error), then:
+
+1. the root's ``config``;
+2. the dataset block named by the nearest preset of the chain that names one, if any;
+3. each preset's ``config`` keys, from the root's child up to the preset itself: a key set by a
+   preset beats every dataset block and every preset below it. A key the root does not define
+   is an error naming the preset and the key, with a suggestion;
+
+and then, for any config, the command line: ``--dataset NAME`` switches the whole block (over
+preset values too, as before presets were layered) and ``--set key=value`` sets one key, typed
+like its current value. ``output`` left empty becomes ``work_dirs/<dataset>_<network>_<method>``.
+"""
 
 from __future__ import annotations
 
 import ast
 import copy
-import difflib
 import json
 import os
 import runpy
+import types
 from typing import Any, Iterable
 
 from easydict import EasyDict as edict
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "config.py")
+from utils.errors import ConfigError
+from utils.lr_schedule import SCHEDULES
+from utils.registry import suggest
+
+__all__ = [
+    "AMP_MODES", "ConfigError", "DEFAULT_CONFIG", "PRESET_NAMES", "apply_overrides", "config_to_json",
+    "load_config", "to_plain", "validate",
+]
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CONFIG = os.path.join(REPO_ROOT, "config", "config.py")
 
 AMP_MODES = ("none", "bf16", "fp16")
 
-
-class ConfigError(ValueError):
-    """A configuration file, key or value is wrong; the message says which."""
-
-
-def _suggest(key: str, known: Iterable[str]) -> str:
-    close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
-    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+PRESET_NAMES = ("base", "dataset", "config")  # the module-level names a preset may set
 
 
 def _parse_value(key: str, text: str, current: Any) -> Any:
@@ -32,6 +64,8 @@ def _parse_value(key: str, text: str, current: Any) -> Any:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
         value = text
+    if current is None and isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"  # a key whose default is None ("the network's own") may be a flag
     if current is None or value is None:
         return value
     if isinstance(current, bool):
@@ -61,15 +95,15 @@ def apply_overrides(cfg: edict, overrides: Iterable[str]) -> edict:
         if not sep or not key:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         if key not in cfg:
-            raise ConfigError(f"unknown key {key!r}{_suggest(key, cfg.keys())}")
+            raise ConfigError(f"unknown key {key!r}{suggest(key, cfg.keys())}")
         cfg[key] = _parse_value(key, text.strip(), cfg[key])
     return cfg
 
 
-def _switch_dataset(cfg: edict, datasets: dict, name: str, path: str) -> edict:
+def _switch_dataset(cfg: edict, datasets: dict, name: str, root: str, where: str = "") -> edict:
     if name not in datasets:
         raise ConfigError(
-            f"unknown dataset {name!r} in {path}{_suggest(name, datasets)} "
+            f"{where}unknown dataset {name!r} in {_shown(root)}{suggest(name, datasets)} "
             f"(known: {', '.join(datasets)})"
         )
     cfg.update(copy.deepcopy(datasets[name]))
@@ -88,45 +122,8 @@ def _check_blocks(datasets: dict, path: str) -> None:
             )
 
 
-def _check_head(cfg: edict) -> None:
-    """A known head, and only parameters it takes, typed like its defaults (None = its default)."""
-    from losses.heads import HEAD_PARAMS, HEADS
-
-    if cfg.head not in HEADS:
-        raise ConfigError(
-            f"head {cfg.head!r} is not a known head{_suggest(str(cfg.head), HEADS)} (known: {', '.join(HEADS)})"
-        )
-    head = HEADS[cfg.head]
-    defaults = head.defaults()
-    for key in HEAD_PARAMS:
-        value = cfg.get(key)
-        if value is None:
-            continue
-        if key not in defaults:
-            raise ConfigError(
-                f"{key}={value!r}: head {cfg.head!r} takes no parameter {key!r} "
-                f"(its parameters: {', '.join(head.param_names)}; unset it or set it to None)"
-            )
-        if isinstance(defaults[key], bool):
-            # --set of a key whose current value is None keeps the literal: accept true/false too
-            if isinstance(value, str) and value.lower() in ("true", "false"):
-                value = value.lower() == "true"
-            if not isinstance(value, bool):
-                raise ConfigError(f"{key}={value!r}: head {cfg.head!r} expects True or False")
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = float(value)
-        else:
-            raise ConfigError(f"{key}={value!r}: head {cfg.head!r} expects a number (default {defaults[key]!r})")
-        cfg[key] = value
-
-
 def validate(cfg: edict) -> edict:
     """Check values that would otherwise fail hours into training."""
-    from losses import METHODS
-
-    if cfg.method not in METHODS:
-        raise ConfigError(f"method {cfg.method!r} is not one of {', '.join(METHODS)}")
-    _check_head(cfg)
     if cfg.amp not in AMP_MODES:
         raise ConfigError(f"amp {cfg.amp!r} is not one of {', '.join(AMP_MODES)}")
     if list(cfg.shrink_epoch) != sorted(cfg.shrink_epoch) or not cfg.shrink_epoch:
@@ -134,93 +131,122 @@ def validate(cfg: edict) -> edict:
     if cfg.shrink_epoch[0] < 1:
         raise ConfigError(f"shrink_epoch {cfg.shrink_epoch}: epochs are 1-based")
     for key in ("batch_size", "num_epoch", "embedding_size", "network_width"):
-        if int(cfg[key]) <= 0:
+        if cfg[key] is not None and int(cfg[key]) <= 0:
             raise ConfigError(f"{key} must be positive, got {cfg[key]!r}")
-    for key in ("dropout", "dropout2"):
-        if not 0.0 <= cfg[key] < 1.0:
-            raise ConfigError(f"{key} must be in [0, 1), got {cfg[key]!r}")
-    if not 0.0 <= cfg.contra_ema <= 1.0:
-        raise ConfigError(f"contra_ema must be in [0, 1], got {cfg.contra_ema!r}")
-    if "sample_rate" in cfg and not 0.0 < cfg.sample_rate <= 1.0:
-        raise ConfigError(f"sample_rate must be in (0, 1], got {cfg.sample_rate!r} (dataset {cfg.dataset!r})")
-    if cfg.get("sample_rate", 1.0) < 1.0 and not cfg.get("partial_fc", False):
-        raise ConfigError(f"sample_rate {cfg.sample_rate!r} needs partial_fc = True (the replicated head scores all)")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {cfg.dropout!r}")
     for key in ("start_epoch", "keep_checkpoints", "keep_backbones"):
         if int(cfg[key]) < 0:
             raise ConfigError(f"{key} must be >= 0, got {cfg[key]!r}")
     if cfg.start_epoch >= cfg.num_epoch:
         raise ConfigError(f"start_epoch {cfg.start_epoch} leaves nothing to train (num_epoch {cfg.num_epoch})")
-    if cfg.switch_epoch is not None and (not isinstance(cfg.switch_epoch, int) or cfg.switch_epoch < 0):
-        raise ConfigError(f"switch_epoch must be a 0-based epoch index or None, got {cfg.switch_epoch!r}")
     if cfg.init_weights and not os.path.isfile(cfg.init_weights):
         raise ConfigError(f"init_weights {cfg.init_weights!r}: file not found")
-    _check_unimoco(cfg)
-    return cfg
-
-
-UNIMOCO_KEYS = (
-    "moco_dim", "moco_k", "moco_m", "moco_t", "moco_mlp", "unimoco_margin", "own_key_positive",
-    "samples_per_label", "augmentation",
-)
-
-
-def _check_unimoco(cfg: edict) -> None:
-    """The UniMoCo (FaceCL) keys; K against the global batch is checked where the world size is known."""
-    from utils.lr_schedule import SCHEDULES
-    from utils.views import AUGMENTATIONS
-
     scheduler = cfg.get("scheduler", "step")
     if scheduler not in SCHEDULES:
         raise ConfigError(f"scheduler {scheduler!r} is not one of {', '.join(SCHEDULES)}")
-    if cfg.get("dali"):
+    return cfg
+
+
+def _shown(path: str) -> str:
+    """``path`` as an error names it: relative to the repo root when inside it (configs/x.py)."""
+    relative = os.path.relpath(os.path.abspath(path), REPO_ROOT)
+    return path if relative.startswith(os.pardir) else relative
+
+
+def _run(path: str, referrer: str | None = None) -> dict:
+    if not os.path.isfile(path):
+        if referrer is None:
+            raise ConfigError(f"config file {path} not found")
         raise ConfigError(
-            "dali = True: FaceCL's DALI loader is not offered (it gave one view and no class groups, "
-            "so UniMoCo never trained with it); set dali = False"
+            f"{_shown(referrer)}: base {_shown(path)} not found (a relative base is read from the repository root)"
         )
-    if isinstance(cfg.get("moco_mlp"), bool):
+    return runpy.run_path(path)
+
+
+def _check_preset_names(path: str, namespace: dict) -> None:
+    """Refuse module-level names a preset does not have: a typo there would otherwise change nothing."""
+    for name, value in namespace.items():
+        if name.startswith("_") or name in PRESET_NAMES:
+            continue
+        if isinstance(value, (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType)):
+            continue  # imports (edict, copy, ...) and helpers
         raise ConfigError(
-            f"moco_mlp = {cfg.moco_mlp}: use None (one linear layer), 'same_in', 'same_out' or a hidden width"
+            f"{_shown(path)}: unknown name {name!r}{suggest(name, PRESET_NAMES)} "
+            f"(a preset sets only {', '.join(PRESET_NAMES)}; prefix helpers with _)"
         )
-    if cfg.method != "unimoco":
-        return
-    missing = [key for key in UNIMOCO_KEYS if key not in cfg]
-    if missing:
-        raise ConfigError(f"method 'unimoco' needs the keys {', '.join(missing)} (see config/config.py, UniMoCo)")
-    mlp = cfg.moco_mlp
-    if not (mlp in (None, "same_in", "same_out") or (isinstance(mlp, int) and mlp > 0)):
-        raise ConfigError(f"moco_mlp {mlp!r}: use None, 'same_in', 'same_out' or a positive hidden width")
-    if cfg.augmentation not in AUGMENTATIONS:
-        raise ConfigError(f"augmentation {cfg.augmentation!r} is not one of {', '.join(AUGMENTATIONS)}")
-    for key in ("moco_dim", "moco_k", "samples_per_label"):
-        if not isinstance(cfg[key], int) or cfg[key] <= 0:
-            raise ConfigError(f"{key} must be a positive integer, got {cfg[key]!r}")
-    if cfg.batch_size % cfg.samples_per_label:
-        raise ConfigError(
-            f"batch_size {cfg.batch_size} is not a multiple of samples_per_label {cfg.samples_per_label}: "
-            "a UniMoCo batch holds whole groups of one class"
-        )
-    if not 0.0 <= cfg.moco_m <= 1.0:
-        raise ConfigError(f"moco_m must be in [0, 1], got {cfg.moco_m!r}")
-    if not cfg.moco_t > 0:
-        raise ConfigError(f"moco_t must be positive, got {cfg.moco_t!r}")
+    for name in ("base", "dataset"):
+        if name in namespace and not isinstance(namespace[name], str):
+            raise ConfigError(f"{_shown(path)}: {name} must be a string, got {namespace[name]!r}")
+    if not isinstance(namespace.get("config", {}), dict):
+        raise ConfigError(f"{_shown(path)}: config must be an EasyDict of the keys it changes")
+
+
+def _chain(path: str) -> list[tuple[str, dict]]:
+    """``[(path, namespace)]`` from ``path`` down its bases to the root (the file defining DATASETS)."""
+    chain: list[tuple[str, dict]] = []
+    seen: list[str] = []
+    referrer = None
+    while True:
+        real = os.path.realpath(path)
+        if real in seen:
+            cycle = " -> ".join(_shown(p) for p, _ in chain[seen.index(real):])
+            raise ConfigError(f"{_shown(chain[-1][0])}: base cycle {cycle} -> {_shown(path)}")
+        seen.append(real)
+        namespace = _run(path, referrer)
+        chain.append((path, namespace))
+        if "DATASETS" in namespace:
+            if "base" in namespace:
+                raise ConfigError(f"{_shown(path)} defines DATASETS (a root config) and base: a root has no base")
+            return chain
+        _check_preset_names(path, namespace)
+        referrer = path
+        path = os.path.join(REPO_ROOT, namespace.get("base", DEFAULT_CONFIG))  # an absolute base stays as it is
+
+
+def _apply_preset(cfg: edict, keys: dict, path: str, root: str) -> None:
+    for key, value in keys.items():
+        if key == "dataset":
+            raise ConfigError(
+                f"{_shown(path)}: choose the block with a module-level dataset = {value!r}, not config.dataset "
+                "(the block also sets rec, num_classes, ...)"
+            )
+        if key not in cfg:
+            raise ConfigError(
+                f"{_shown(path)}: unknown key {key!r}{suggest(key, cfg.keys())} "
+                f"(a preset changes keys of {_shown(root)}, it adds none)"
+            )
+        cfg[key] = copy.deepcopy(value)
+
+
+def _resolve(path: str) -> tuple[edict, dict, str]:
+    """The layered config of ``path`` (module docstring, steps 1-3), its root's DATASETS, the root's path."""
+    chain = _chain(path)
+    root, namespace = chain[-1]
+    if "config" not in namespace:
+        raise ConfigError(f"{_shown(root)} defines no `config`")
+    cfg = copy.deepcopy(edict(namespace["config"]))
+    datasets = namespace["DATASETS"]
+    if datasets:
+        _check_blocks(datasets, root)
+    presets = chain[:-1]
+    # the nearest preset naming a block wins, and the block goes beneath every preset's keys, so a
+    # preset built on another keeps its base's recipe (network, lr, ...) on the new data
+    named = next(((p, ns["dataset"]) for p, ns in presets if "dataset" in ns), None)
+    if named is not None:
+        _switch_dataset(cfg, datasets, named[1], root, where=f"{_shown(named[0])}: ")
+    for preset, ns in reversed(presets):
+        _apply_preset(cfg, ns.get("config", {}), preset, root)
+    return cfg, datasets, root
 
 
 def load_config(
     path: str | None = None, dataset: str | None = None, overrides: Iterable[str] = ()
 ) -> edict:
-    """Read the EasyDict ``config`` of ``path``, switch to ``dataset``, apply overrides, validate."""
-    path = path or DEFAULT_CONFIG
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file {path} not found")
-    namespace = runpy.run_path(path)
-    if "config" not in namespace:
-        raise ConfigError(f"{path} defines no `config`")
-    cfg = copy.deepcopy(edict(namespace["config"]))
-    datasets = namespace.get("DATASETS", {})
-    if datasets:
-        _check_blocks(datasets, path)
+    """Resolve the config or preset ``path``, switch to ``dataset``, apply ``key=value`` overrides, validate."""
+    cfg, datasets, root = _resolve(path or DEFAULT_CONFIG)
     if dataset is not None:
-        _switch_dataset(cfg, datasets, dataset, path)
+        _switch_dataset(cfg, datasets, dataset, root)
     apply_overrides(cfg, overrides)
     if not cfg.output:
         cfg.output = os.path.join("work_dirs", f"{cfg.dataset}_{cfg.network}_{cfg.method}")

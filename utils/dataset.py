@@ -1,11 +1,11 @@
-"""Face-recognition training data: RecordIO and image-folder datasets, and ``DataLoaderX``.
+"""Face-recognition training data: the RecordIO and image-folder datasets, and the label scan.
 
 Both datasets return ``(image, label)``: a uint8 tensor ``3 x H x W`` (RGB, decoded and maybe
-mirrored, nothing else; a view of the decoded H x W x 3 pixels) and an int64 scalar class id;
-:func:`collate_faces` (DataLoaderX's default) batches them without a CHW copy. The trainer turns a batch into float32 in
-[-1, 1] with :func:`normalize_batch` after the host-to-device copy: a quarter of the bytes cross
-PCIe and the workers do no float work. Its numbers are those ``ToTensor`` + ``Normalize(0.5, 0.5)``
-gave on the CPU, bit for bit, on any device.
+mirrored, nothing else; a view of the decoded H x W x 3 pixels) and an int64 scalar class id.
+Batching, the host-to-device copy and the float conversion are the loader's
+(``utils/loader.py``: ``collate_faces`` stacks the views without a CHW copy, ``normalize_batch``
+turns a batch into float32 in [-1, 1] on the device, so a quarter of the bytes cross PCIe and the
+workers do no float work).
 
 The training-time augmentation is a horizontal flip decided by a hash of
 ``(seed, epoch, index)``, never by a global RNG, so which images are mirrored does not depend on
@@ -20,39 +20,38 @@ RecordIO layouts read by :class:`MXFaceDataset`:
 * plain: every key of the ``.idx`` is an image, in ``.idx`` order (``tools/shuffle_rec.py``
   writes this). A record 0 with flag > 0 whose payload is an image (an image with an array
   label) is read as an image, where insightface would take it for a header.
+
+A label scan (one vectorised pass over the record headers, :meth:`MXFaceDataset._scan_labels`)
+reads every class id up front, so that a bad label or an index that does not match the .rec is
+reported before training starts.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import mmap
 import os
-import queue
 import struct
-import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import Dataset
 
+from utils.errors import DatasetError
 from utils.recordio import MAGIC, MXIndexedRecordIO, RecordIOError, unpack
 
 __all__ = [
-    "DataLoaderX",
-    "DatasetError",
+    "FaceBatch",
     "IMAGE_EXTENSIONS",
     "ImageFolderDataset",
     "MXFaceDataset",
-    "collate_faces",
     "flip_decision",
     "flip_decisions",
     "get_train_dataset",
     "list_image_folder",
-    "normalize_batch",
     "read_property",
     "read_rec_layout",
 ]
@@ -67,10 +66,6 @@ LABEL_CHECKS = ("auto", "full", "lazy")
 SCAN_LIMIT_BYTES = 4 << 30
 _SCAN_CHUNK = 1 << 20  # records per vectorised read: bounds the label scan's memory (~60 MB)
 _LENGTH_MASK = (1 << 29) - 1
-
-
-class DatasetError(ValueError):
-    """Training data that cannot be used as is (bad label, wrong image size, undecodable image)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -98,29 +93,6 @@ def flip_decisions(seed: int, epoch: int, indices: np.ndarray) -> np.ndarray:
     """``flip_decision`` for many indices at once (the same hash on a uint64 array)."""
     epoch_key = np.uint64(_mix64(_mix64(seed & _MASK64) ^ (epoch & _MASK64)))
     return (_mix64(np.asarray(indices).astype(np.int64).view(np.uint64) ^ epoch_key) >> 63).astype(bool)
-
-
-# insightface's (x / 255 - 0.5) / 0.5 in float32, for the 256 possible pixel values. A table,
-# not the arithmetic on the device: CUDA divides by a scalar as a multiplication by its
-# reciprocal, which gives 111 of the 256 values 1 ulp away from the CPU's true division.
-_PIXELS = torch.arange(256, dtype=torch.float32)
-NORMALIZE_TABLE = _PIXELS.div(255.0).sub(0.5).div(0.5)
-_tables: dict[torch.device, torch.Tensor] = {}
-
-
-def normalize_batch(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images of any shape -> float32 ``(x / 255 - 0.5) / 0.5``, on the images' device.
-
-    Floating-point input is taken as already normalised and returned as it is.
-    """
-    if images.is_floating_point():
-        return images
-    if images.dtype != torch.uint8:
-        raise TypeError(f"normalize_batch: expected uint8 images, got {images.dtype}")
-    table = _tables.get(images.device)
-    if table is None:
-        table = _tables[images.device] = NORMALIZE_TABLE.to(images.device)
-    return torch.take(table, images.long())
 
 
 class _FaceDataset(Dataset):
@@ -163,7 +135,7 @@ class _FaceDataset(Dataset):
         flip = self.augment and flip_decision(self.seed, self.epoch, index)
         if flip:
             rgb = cv2.flip(rgb, 1)
-        # a CHW view of the decoded HWC pixels, no copy: collate_faces stacks the HWC memory
+        # a CHW view of the decoded HWC pixels, no copy: utils.loader.collate_faces stacks the HWC memory
         return torch.from_numpy(rgb).permute(2, 0, 1), _label_tensor(label)
 
     def __getitems__(self, indices: list[int]) -> "FaceBatch":
@@ -197,7 +169,8 @@ def _batch_buffer(shape: tuple[int, ...]) -> torch.Tensor:
 
 class FaceBatch(list):
     """A batch from ``__getitems__``: the list of its samples (views), plus ``images`` (N, 3, H, W)
-    uint8 laid out channels-last and ``labels`` (N,) int64, which collate_faces returns as they are."""
+    uint8 laid out channels-last and ``labels`` (N,) int64, which ``utils.loader.collate_faces``
+    returns as they are."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor):
         super().__init__(zip(images, labels))
@@ -223,29 +196,6 @@ def _decode_rgb(data: np.ndarray) -> np.ndarray | None:
         return cv2.imdecode(data, _IMREAD_RGB)
     bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
     return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def collate_faces(samples: list) -> Any:
-    """``default_collate``, but a batch of the datasets' CHW views of HWC pixels is stacked as HWC.
-
-    The result is a (N, 3, H, W) uint8 tensor laid out channels-last: one contiguous copy per
-    image (a CHW copy costs 3x more and was the largest cost after decoding), in the shared
-    memory that worker processes hand batches over in. Pinning and ``.to(device)`` keep the
-    layout, and :func:`normalize_batch` returns a contiguous NCHW float tensor.
-    """
-    if isinstance(samples, FaceBatch):
-        return samples.images, samples.labels
-    first = samples[0]
-    if isinstance(first, (tuple, list)) and len(first) == 2 and _is_hwc_view(first[0]):
-        if all(_is_hwc_view(image) and image.shape == first[0].shape for image, _ in samples):
-            images = default_collate([image.permute(1, 2, 0) for image, _ in samples])
-            return images.permute(0, 3, 1, 2), default_collate([label for _, label in samples])
-    return default_collate(samples)
-
-
-def _is_hwc_view(image: Any) -> bool:
-    return (isinstance(image, torch.Tensor) and image.dim() == 3 and image.shape[0] == 3
-            and image.permute(1, 2, 0).is_contiguous())
 
 
 def _label_tensor(label: int) -> torch.Tensor:
@@ -617,208 +567,3 @@ def get_train_dataset(root_dir: str | os.PathLike, **kw) -> Dataset:
         f"{root}: no training data: expected train.rec + train.idx (insightface RecordIO) "
         f"or one sub-folder of images per identity"
     )
-
-
-# --------------------------------------------------------------------------------------------
-# loader
-# --------------------------------------------------------------------------------------------
-_BATCH, _END, _ERROR = 0, 1, 2
-
-
-def _as_device(device: torch.device | str | int) -> torch.device:
-    dev = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"DataLoaderX: device {dev} asked for, but CUDA is not available")
-        if dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
-    return dev
-
-
-def _move(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
-        return type(obj)(*(_move(o, device) for o in obj))
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_move(o, device) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _move(v, device) for k, v in obj.items()}
-    return obj
-
-
-def _record_stream(obj: Any, stream) -> None:
-    if isinstance(obj, torch.Tensor):
-        obj.record_stream(stream)
-    elif isinstance(obj, (list, tuple)):
-        for o in obj:
-            _record_stream(o, stream)
-    elif isinstance(obj, dict):
-        for o in obj.values():
-            _record_stream(o, stream)
-
-
-def _cuda_stage(batch: Any, device: torch.device, stream) -> tuple[Any, Any]:
-    """Start the host->device copy of ``batch`` on the side stream; return it and its event."""
-    with torch.cuda.device(device), torch.cuda.stream(stream):
-        moved = _move(batch, device)
-        event = torch.cuda.Event()
-        event.record(stream)
-    return moved, event
-
-
-def _put(q: queue.Queue, item: tuple, stop: threading.Event) -> bool:
-    while not stop.is_set():
-        try:
-            q.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            pass
-    return False
-
-
-def _produce(base: Iterator, q: queue.Queue, stop: threading.Event, stage) -> None:
-    # a module-level function holding no reference to the _Prefetcher, so that dropping the
-    # prefetcher (a `break` out of the loop) lets its __del__ stop this thread
-    try:
-        for batch in base:
-            if not _put(q, (_BATCH, stage(batch) if stage else batch), stop):
-                return
-        _put(q, (_END, None), stop)
-    except BaseException as e:  # noqa: BLE001 - re-raised in the consumer's thread
-        _put(q, (_ERROR, e), stop)
-
-
-class _Prefetcher:
-    """Iterator over a DataLoader iterator, read ahead by a background thread."""
-
-    def __init__(self, base: Iterator, device: torch.device, depth: int):
-        self._base_len = len(base) if hasattr(base, "__len__") else None
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._cuda = device.type == "cuda"
-        self._device = device
-        stage = None
-        if self._cuda:
-            stream = torch.cuda.Stream(device)
-            stage = lambda b: _cuda_stage(b, device, stream)  # noqa: E731
-        # The first batch is fetched here, in the caller's thread: a sampler draws its seed from
-        # the global RNG at its first next(), and that draw must not race the training thread.
-        try:
-            first = (_BATCH, stage(next(base)) if stage else next(base))
-        except StopIteration:
-            first = (_END, None)
-        except Exception as e:  # noqa: BLE001 - re-raised by __next__, like any later error
-            first = (_ERROR, e)
-        self._queue.put(first)
-        self._done = False
-        self._thread = None
-        if first[0] == _BATCH:
-            self._thread = threading.Thread(
-                target=_produce, args=(base, self._queue, self._stop, stage), daemon=True,
-                name="DataLoaderX-prefetch",
-            )
-            self._thread.start()
-
-    def __iter__(self) -> "_Prefetcher":
-        return self
-
-    def __len__(self) -> int:
-        if self._base_len is None:
-            raise TypeError("the underlying loader iterator has no length")
-        return self._base_len
-
-    def __next__(self) -> Any:
-        if self._done:
-            raise StopIteration
-        kind, value = self._queue.get()
-        if kind == _END:
-            self._done = True
-            raise StopIteration
-        if kind == _ERROR:
-            self._done = True
-            raise value
-        if self._cuda:
-            batch, event = value
-            current = torch.cuda.current_stream(self._device)
-            current.wait_event(event)
-            # the tensors were allocated on the side stream: tell the caching allocator they are
-            # used on the current stream, or it may hand their memory out again too early
-            _record_stream(batch, current)
-            return batch
-        return value
-
-    def close(self) -> None:
-        """Stop the background thread (it also stops when the iterator is garbage-collected)."""
-        self._stop.set()
-
-    def __del__(self):
-        self._stop.set()
-
-
-def _worker_init(user_init: Callable[[int], None] | None, worker_id: int) -> None:
-    # the workers are the parallelism: OpenCV's own thread pool would only oversubscribe the
-    # cores (and a pool inherited through fork can deadlock)
-    cv2.setNumThreads(1)
-    if user_init is not None:
-        user_init(worker_id)
-
-
-class DataLoaderX(DataLoader):
-    """A DataLoader whose batches arrive on ``device``, prefetched by a background thread.
-
-    On CUDA the thread copies each batch host->device on a side stream (``pin_memory`` defaults
-    to True) and the consumer's stream waits for it. On CPU it is a plain DataLoader unless
-    ``background=True``. Workers run OpenCV single-threaded. Batches come in the sampler's
-    order and worker exceptions are raised in the caller; data sets that draw from the global
-    RNG in ``__getitem__`` with ``num_workers=0`` lose determinism in the background thread (the
-    face datasets do not).
-    """
-
-    def __init__(
-        self,
-        device: torch.device | str | int,
-        *args,
-        prefetch: int = 2,
-        background: bool | None = None,
-        **dataloader_kwargs,
-    ):
-        device = _as_device(device)
-        if device.type == "cuda":
-            dataloader_kwargs.setdefault("pin_memory", True)
-        if dataloader_kwargs.get("batch_size", 1) is not None or dataloader_kwargs.get("batch_sampler"):
-            dataloader_kwargs.setdefault("collate_fn", collate_faces)
-        user_init = dataloader_kwargs.pop("worker_init_fn", None)
-        dataloader_kwargs["worker_init_fn"] = functools.partial(_worker_init, user_init)
-        super().__init__(*args, **dataloader_kwargs)
-        if prefetch < 1:
-            raise ValueError(f"DataLoaderX: prefetch={prefetch} must be >= 1")
-        self.device = device
-        self.prefetch = prefetch
-        self.background = device.type == "cuda" if background is None else bool(background)
-        self._producer: tuple[threading.Thread, threading.Event] | None = None
-
-    def set_epoch(self, epoch: int) -> None:
-        """Forward ``epoch`` to the sampler, batch sampler and dataset that have ``set_epoch``."""
-        seen = set()
-        inner = getattr(self.batch_sampler, "sampler", None)
-        for obj in (self.sampler, self.batch_sampler, inner, self.dataset):
-            if obj is not None and id(obj) not in seen and hasattr(obj, "set_epoch"):
-                seen.add(id(obj))
-                obj.set_epoch(epoch)
-
-    def __iter__(self) -> Iterator:
-        if self._producer is not None:
-            # a loop that stopped early leaves its thread reading; with persistent workers the
-            # next iter() resets that same worker iterator, so the thread must be gone first
-            thread, stop = self._producer
-            stop.set()
-            thread.join()
-            self._producer = None
-        base = super().__iter__()
-        if not self.background:
-            return base
-        it = _Prefetcher(base, self.device, self.prefetch)
-        if it._thread is not None:
-            self._producer = (it._thread, it._stop)
-        return it

@@ -29,6 +29,16 @@ class DistEnv:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @classmethod
+    def from_process_group(cls, device: torch.device | str = "cpu") -> "DistEnv":
+        """This process's place in the initialised default process group (one process without one)."""
+        if dist.is_available() and dist.is_initialized():
+            rank, world = dist.get_rank(), dist.get_world_size()
+        else:
+            rank, world = 0, 1
+        local_rank = int(os.environ.get("LOCAL_RANK", rank))
+        return cls(rank=rank, local_rank=local_rank, world_size=world, device=torch.device(device))
+
 
 def init_distributed(local_rank: int | None = None) -> DistEnv:
     """Join the process group described by the launcher's environment (NCCL on GPU, gloo on CPU).

@@ -1,11 +1,18 @@
-"""Learning-rate schedules: the factor of ``cfg.lr`` at each (0-based) training step."""
+"""Learning-rate schedules: the factor of ``cfg.lr`` at each (0-based) training step.
+
+:data:`SCHEDULES` maps ``cfg.scheduler`` (any case) to a builder ``(cfg, steps_per_epoch) -> schedule``.
+"""
 
 from __future__ import annotations
 
 import math
 from typing import Any, Callable
 
+from utils.registry import Registry
+
 Schedule = Callable[[int], float]
+# name -> builder(cfg, steps_per_epoch) -> schedule; methods pick theirs with cfg.scheduler
+SCHEDULES: Registry[Callable[[Any, int], Schedule]] = Registry("scheduler")
 
 
 def lr_factor(step: int, steps_per_epoch: int, shrink_epoch: list[int], warmup_epoch: float = 0) -> float:
@@ -23,6 +30,7 @@ def lr_factor(step: int, steps_per_epoch: int, shrink_epoch: list[int], warmup_e
     return factor
 
 
+@SCHEDULES.register("step")
 def _step_schedule(cfg: Any, steps_per_epoch: int) -> Schedule:
     return lambda step: lr_factor(step, steps_per_epoch, cfg.shrink_epoch, cfg.warmup_epoch)
 
@@ -45,11 +53,13 @@ def poly_factor(step: int, total_steps: int, warmup_steps: int, power: float = 2
     return (1.0 - (step - warmup_steps) / (total_steps - warmup_steps)) ** power
 
 
+@SCHEDULES.register("cos")  # FaceCL / UniMoCo
 def _cos_schedule(cfg: Any, steps_per_epoch: int) -> Schedule:
     total = steps_per_epoch * cfg.num_epoch
     return lambda step: cosine_factor(step, total)
 
 
+@SCHEDULES.register("poly")  # FaceCL / UniMoCo
 def _poly_schedule(cfg: Any, steps_per_epoch: int) -> Schedule:
     total, warmup = steps_per_epoch * cfg.num_epoch, int(steps_per_epoch * cfg.warmup_epoch)
     if warmup >= total:
@@ -59,17 +69,6 @@ def _poly_schedule(cfg: Any, steps_per_epoch: int) -> Schedule:
     return lambda step: poly_factor(step, total, warmup)
 
 
-# name -> builder(cfg, steps_per_epoch) -> schedule; methods pick theirs with cfg.scheduler
-SCHEDULES: dict[str, Callable[[Any, int], Schedule]] = {
-    "step": _step_schedule,
-    "cos": _cos_schedule,  # FaceCL / UniMoCo
-    "poly": _poly_schedule,  # FaceCL / UniMoCo
-}
-
-
 def build_lr_schedule(cfg: Any, steps_per_epoch: int) -> Schedule:
     """The LR factor as a function of the step, for ``cfg.scheduler`` (default "step")."""
-    name = cfg.get("scheduler", "step")
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown scheduler {name!r} (known: {', '.join(SCHEDULES)})")
-    return SCHEDULES[name](cfg, steps_per_epoch)
+    return SCHEDULES.get(cfg.get("scheduler", "step"))(cfg, steps_per_epoch)

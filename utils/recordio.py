@@ -24,6 +24,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from utils.errors import RecordIOError, RecordKeyError
+
 __all__ = [
     "IRHeader",
     "MXIndexedRecordIO",
@@ -43,17 +45,6 @@ _IR_SIZE = struct.calcsize(_IR_FORMAT)  # 24
 
 IRHeader = namedtuple("HEADER", ["flag", "label", "id", "id2"])
 IRHeader.__doc__ = """Image record header: flag (label count, 0 for a scalar label), label, id, id2."""
-
-
-class RecordIOError(ValueError):
-    """A RecordIO file is missing, corrupt or truncated; the message names file and offset."""
-
-
-class RecordKeyError(RecordIOError, KeyError):
-    """A key is not in the ``.idx`` index."""
-
-    def __str__(self) -> str:  # KeyError would print the repr of the message
-        return str(self.args[0])
 
 
 def _align4(n: int) -> int:

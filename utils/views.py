@@ -7,6 +7,9 @@ The augmentations are FaceCL's (torchvision recipes) redone with NumPy/OpenCV on
 * ``MoCo2_NoCrop`` (the default): the same without the crop;
 * ``ArcFace``: horizontal flip only.
 
+They are registered in :data:`AUGMENTATIONS` (a ``utils.registry.Registry``: names are looked up
+case-insensitively, an unknown one is an ``UnknownNameError`` naming the known ones).
+
 Every random number comes from a NumPy Generator seeded with (seed, epoch, index, view), never
 from a global RNG, so the views do not depend on DataLoader workers, prefetching or where a run
 was resumed (as the ContraFace flip, ``utils.dataset.flip_decision``).
@@ -24,7 +27,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from utils.dataset import DatasetError, get_train_dataset
+from utils.dataset import get_train_dataset
+from utils.errors import DatasetError
+from utils.registry import Registry
 from utils.sampler import read_labels_txt
 
 __all__ = ["AUGMENTATIONS", "TwoViewDataset", "get_augmentation", "two_view_train_set", "view_rng"]
@@ -32,6 +37,7 @@ __all__ = ["AUGMENTATIONS", "TwoViewDataset", "get_augmentation", "two_view_trai
 log = logging.getLogger(__name__)
 
 Augmentation = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+AUGMENTATIONS: Registry[Augmentation] = Registry("augmentation")
 
 # ITU-R 601-2 luma, as PIL's convert("L") that torchvision's grayscale uses
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
@@ -118,10 +124,7 @@ def _gaussian_blur(img: np.ndarray, rng: np.random.Generator, sigma=(0.1, 2.0)) 
     return cv2.GaussianBlur(img, (0, 0), sigmaX=s, sigmaY=s, borderType=cv2.BORDER_REFLECT)
 
 
-def _flip(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    return np.ascontiguousarray(img[:, ::-1]) if rng.random() < 0.5 else img
-
-
+@AUGMENTATIONS.register("MoCo2")
 def moco2(img: np.ndarray, rng: np.random.Generator, crop: bool = True) -> np.ndarray:
     """MoCo v2's augmentation of one uint8 HxWx3 RGB image (FaceCL's ``MoCo2``)."""
     if crop:
@@ -132,33 +135,36 @@ def moco2(img: np.ndarray, rng: np.random.Generator, crop: bool = True) -> np.nd
         img = np.repeat(_to_uint8(_gray(img))[..., None], 3, axis=2)
     if rng.random() < 0.5:
         img = _gaussian_blur(img, rng)
-    return _flip(img, rng)
+    return horizontal_flip(img, rng)
 
 
-AUGMENTATIONS: dict[str, Augmentation] = {
-    "MoCo2": moco2,
-    "MoCo2_NoCrop": lambda img, rng: moco2(img, rng, crop=False),
-    "ArcFace": _flip,
-}
+@AUGMENTATIONS.register("MoCo2_NoCrop")
+def moco2_nocrop(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """MoCo v2's augmentation without the random resized crop (FaceCL's ``MoCo2_NoCrop``)."""
+    return moco2(img, rng, crop=False)
+
+
+@AUGMENTATIONS.register("ArcFace")
+def horizontal_flip(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A horizontal flip with p 0.5 and nothing else (FaceCL's ``ArcFace``)."""
+    return np.ascontiguousarray(img[:, ::-1]) if rng.random() < 0.5 else img
 
 
 def get_augmentation(name: str) -> Augmentation:
-    """The augmentation registered as ``name`` (MoCo2, MoCo2_NoCrop, ArcFace)."""
-    if name not in AUGMENTATIONS:
-        raise ValueError(f"unknown augmentation {name!r} (known: {', '.join(AUGMENTATIONS)})")
-    return AUGMENTATIONS[name]
+    """The augmentation registered as ``name`` (MoCo2, MoCo2_NoCrop, ArcFace; any case)."""
+    return AUGMENTATIONS.get(name)
 
 
 def _as_hwc_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
-    """An RGB image of the base dataset (uint8 CHW/HWC, or float CHW in [-1, 1]) as uint8 HWC."""
+    """An RGB image of the base dataset (uint8 CHW or HWC) as uint8 HWC."""
     array = image.numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     if array.ndim != 3:
         raise ValueError(f"expected one 3-channel image, got shape {array.shape}")
+    if array.dtype != np.uint8:
+        # the face datasets hand out uint8 pixels; normalising is the trainer's, after the views
+        raise TypeError(f"expected a uint8 image, got {array.dtype}")
     if array.shape[0] == 3 and array.shape[-1] != 3:
         array = array.transpose(1, 2, 0)
-    if array.dtype != np.uint8:
-        # insightface's normalisation (x / 255 - 0.5) / 0.5 undone; exact for uint8 sources
-        array = _to_uint8((array.astype(np.float32) * 0.5 + 0.5) * 255.0)
     return np.ascontiguousarray(array)
 
 
@@ -175,18 +181,20 @@ class TwoViewDataset(Dataset):
     ):
         self.base = base
         self._labels = labels
-        self.augmentation = augmentation
-        self.augment = get_augmentation(augmentation)
+        self.augmentation = AUGMENTATIONS.canonical(augmentation)
+        self.augment = AUGMENTATIONS.get(augmentation)
         self.seed = int(seed)
         # shared memory: persistent DataLoader workers see the epoch the main process sets
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
     @property
     def labels(self) -> np.ndarray | None:
+        """Every image's class id (for the class-group sampler), or None where the base has none."""
         return self._labels if self._labels is not None else getattr(self.base, "labels", None)
 
     @property
     def num_classes(self) -> int:
+        """The base dataset's number of classes."""
         return self.base.num_classes
 
     def set_epoch(self, epoch: int) -> None:
@@ -195,6 +203,7 @@ class TwoViewDataset(Dataset):
 
     @property
     def epoch(self) -> int:
+        """The epoch set by :meth:`set_epoch` (0 at first)."""
         return int(self._epoch.numpy()[0])
 
     def __len__(self) -> int:

@@ -27,13 +27,14 @@ import torch
 from torch.utils.data import Dataset
 
 from eval.alignment import norm_crop
+from utils.errors import UserError
 
 TARGETS = ("IJBC", "IJBB")
 # 1:N gallery file suffixes per target (insightface's ijb_1n.py names)
 GALLERIES = {"IJBC": ("G1", "G2"), "IJBB": ("S1", "S2")}
 
 
-class IJBFormatError(ValueError):
+class IJBFormatError(UserError, ValueError):
     """A meta file does not follow the IJB release format."""
 
 

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from eval.ijb import metrics, report
 from eval.ijb.data import IJBAlignedFaces, IJBMeta, iter_batches, load_meta, load_meta_1n
 from eval.steps import ResultCache, evaluate_steps, file_stamps, report_steps, settings_key
-from utils.checkpoint import require_step_weights
+from utils.run_files import require_step_weights
 from utils.cli import run_cli
 from utils.fileio import atomic_path, refuse_overwrite
 

@@ -24,6 +24,8 @@ import subprocess
 import sys
 from typing import Sequence
 
+from utils.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 REQUIRED = (
@@ -34,7 +36,7 @@ REQUIRED = (
 )
 
 
-class DevkitError(RuntimeError):
+class DevkitError(UserError, RuntimeError):
     """The devkit is missing, incomplete, or its run failed."""
 
 

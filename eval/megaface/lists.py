@@ -18,12 +18,14 @@ import os
 import re
 from dataclasses import dataclass
 
+from utils.errors import UserError
+
 PROBE_LIST_NAME = "facescrub_features_list.json"
 DISTRACTOR_LIST_BASENAME = "megaface_features_list.json"
 STANDARD_SIZES = (10, 100, 1000, 10000, 100000, 1000000)
 
 
-class MegaFaceError(RuntimeError):
+class MegaFaceError(UserError, RuntimeError):
     """A MegaFace input (list, image, landmark or feature file) is missing or malformed."""
 
 

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from eval.steps import ResultCache, evaluate_steps, file_stamps, report_steps, settings_key
-from utils.checkpoint import require_step_weights
+from utils.run_files import require_step_weights
 from utils.cli import run_cli
 from utils.fileio import atomic_write_bytes
 

@@ -57,7 +57,7 @@ def arc_cos(cos: torch.Tensor, margin: torch.Tensor | float) -> torch.Tensor:
 class MarginHead(nn.Module):
     """Base of every margin softmax: class centers ``kernel`` (in_features, out_features).
 
-    Subclasses set ``param_names`` (their keyword parameters, the SPEC names, defaults in their
+    Subclasses set ``param_names`` (their keyword parameters, the config key names, defaults in their
     ``__init__`` signature) and implement ``margin_logits``; buffers hold any running state.
     """
 

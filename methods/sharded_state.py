@@ -20,8 +20,18 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from losses.partial_fc import PartialFC, partial_fc_modules
-from utils.config import ConfigError
+from losses.partial_fc import PartialFC
+from utils.errors import ConfigError
+
+
+def partial_fc_modules(module: nn.Module) -> dict[str, PartialFC]:
+    """Every PartialFC inside ``module``, by its qualified name."""
+    return {name: child for name, child in module.named_modules() if isinstance(child, PartialFC)}
+
+
+def sharded_parameter_names(module: nn.Module) -> list[str]:
+    """Qualified names of the sharded class centers in ``module`` (for DDP to leave alone)."""
+    return [_kernel_key(name) for name in partial_fc_modules(module)]
 
 
 def _kernel_key(name: str) -> str:

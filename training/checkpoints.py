@@ -8,7 +8,10 @@ run killed while saving keeps its previous checkpoint) and loadable with
      "backbone": state_dict, "head": state_dict (the method without its backbone: class centers,
      ContraFace margin), "optimizer": ..., "scaler": ... | None, "step": int, "epoch": int,
      "world_size": int, "ranks": [per-rank RNG states and buffers], "callbacks": {...},
-     "config": dict[, "partial_fc": every rank's class centers, see utils/sharded_state.py]}
+     "config": dict[, "partial_fc": every rank's class centers, see methods/sharded_state.py]}
+
+The method decides what it keeps (``TrainingMethod.checkpoint_state``: backbone, head,
+optimizer, Partial FC's shards) and how it loads it back; this module adds the rest.
 
 Buffers (BatchNorm statistics, the ContraFace margin) are not synchronised between ranks during
 training, as in the reference, so every rank's copy is kept in ``ranks``.
@@ -16,44 +19,22 @@ training, as in the reference, so every rank's copy is kept in ``ranks``.
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import random
-import re
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from utils.errors import CheckpointError
 from utils.fileio import atomic_path
-from utils.sharded_state import load_sharded_state, strip_local_shards
+from utils.run_files import list_backbones, list_checkpoints
 
 log = logging.getLogger(__name__)
 
 FORMAT, VERSION = "contraface", 1
-_CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)\.pt$")
-_BACKBONE_RE = re.compile(r"backbone-(\d+)\.pth$")
-
-
-def checkpoint_path(output_dir: str, step: int) -> str:
-    """Where the checkpoint of ``step`` lives."""
-    return os.path.join(output_dir, f"checkpoint-{step}.pt")
-
-
-def _numbered(output_dir: str, pattern: str, regex: re.Pattern) -> list[tuple[int, str]]:
-    found = []
-    for path in glob.glob(os.path.join(output_dir, pattern)):
-        match = regex.search(os.path.basename(path))
-        if match:
-            found.append((int(match.group(1)), path))
-    return sorted(found)
-
-
-def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
-    """(step, path) of the training checkpoints in ``output_dir``, oldest first."""
-    return _numbered(output_dir, "checkpoint-*.pt", _CHECKPOINT_RE)
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
@@ -97,8 +78,7 @@ def restore_rank_state(state: dict[str, Any], method: nn.Module, device: torch.d
 def save_checkpoint(
     path: str,
     *,
-    method: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    method_state: dict[str, Any],
     scaler: torch.amp.GradScaler | None,
     step: int,
     epoch: int,
@@ -107,21 +87,18 @@ def save_checkpoint(
     network_kwargs: dict[str, Any],
     callbacks: dict[str, Any],
     config: dict[str, Any],
-    sharded: dict[str, Any] | None = None,
 ) -> None:
     """Write a full training checkpoint atomically (call on rank 0).
 
-    ``sharded``: Partial FC's centers of every rank (``sharded_state.gather_sharded_state``).
+    ``method_state``: the method's ``checkpoint_state(optimizer)`` (backbone, head, optimizer and,
+    under Partial FC, every rank's class centers).
     """
-    state = method.state_dict()
     checkpoint = {
         "format": FORMAT,
         "version": VERSION,
         "network": network,
         "network_kwargs": network_kwargs,
-        "backbone": {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")},
-        "head": {k: v for k, v in state.items() if not k.startswith("backbone.")},
-        "optimizer": optimizer.state_dict(),
+        **method_state,
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "step": step,
         "epoch": epoch,
@@ -130,9 +107,6 @@ def save_checkpoint(
         "callbacks": callbacks,
         "config": config,
     }
-    if sharded:
-        strip_local_shards(checkpoint["head"], checkpoint["optimizer"], method, optimizer)
-        checkpoint["partial_fc"] = sharded
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
 
@@ -145,9 +119,9 @@ def read_checkpoint(path: str) -> dict[str, Any]:
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint {path} not found") from None
     except Exception as exc:  # UnpicklingError, RuntimeError on a truncated zip, ...
-        raise ValueError(f"{path}: not a readable training checkpoint ({exc})") from exc
+        raise CheckpointError(f"{path}: not a readable training checkpoint ({exc})") from exc
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT or "optimizer" not in checkpoint:
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: not a training checkpoint of this project (use utils.checkpoint.load_weights "
             "to start from someone else's weights)"
         )
@@ -157,7 +131,7 @@ def read_checkpoint(path: str) -> dict[str, Any]:
 def load_checkpoint(
     checkpoint: dict[str, Any],
     *,
-    method: nn.Module,
+    method: Any,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None,
     rank: int,
@@ -166,13 +140,10 @@ def load_checkpoint(
 ) -> None:
     """Restore model, optimizer, scaler and this rank's buffers and RNG from ``checkpoint``.
 
-    Partial FC's centers and their momentum are cut to this rank's classes (any world size).
+    ``method`` is a ``TrainingMethod``: it restores itself and its optimizer
+    (``load_checkpoint_state``; Partial FC's centers are cut to this rank's classes).
     """
-    state = {f"backbone.{k}": v for k, v in checkpoint["backbone"].items()}
-    state.update(checkpoint["head"])
-    load_sharded_state(checkpoint, state, checkpoint["optimizer"], method, optimizer, path)
-    method.load_state_dict(state)
-    optimizer.load_state_dict(checkpoint["optimizer"])
+    method.load_checkpoint_state(checkpoint, optimizer, path)
     if scaler is not None and checkpoint.get("scaler") is not None:
         scaler.load_state_dict(checkpoint["scaler"])
     ranks = checkpoint["ranks"]
@@ -194,7 +165,7 @@ def find_resume_checkpoint(output_dir: str) -> tuple[str, dict[str, Any]] | None
     for _, path in reversed(list_checkpoints(output_dir)):
         try:
             return path, read_checkpoint(path)
-        except (ValueError, OSError) as exc:
+        except (CheckpointError, OSError) as exc:
             log.warning(f"skipping {path}: {exc}")
     return None
 
@@ -208,16 +179,6 @@ def _prune(found: list[tuple[int, str]], keep: int) -> None:
 def prune_checkpoints(output_dir: str, keep: int) -> None:
     """Delete all but the ``keep`` newest training checkpoints (0: keep all)."""
     _prune(list_checkpoints(output_dir), keep)
-
-
-def backbone_path(output_dir: str, step: int) -> str:
-    """Where the backbone snapshot of evaluation step ``step`` lives."""
-    return os.path.join(output_dir, f"backbone-{step}.pth")
-
-
-def list_backbones(output_dir: str) -> list[tuple[int, str]]:
-    """(step, path) of the ``backbone-<step>.pth`` snapshots in ``output_dir``, oldest first."""
-    return _numbered(output_dir, "backbone-*.pth", _BACKBONE_RE)
 
 
 def prune_backbones(output_dir: str, keep: int) -> None:

@@ -1,66 +1,29 @@
-"""Training methods: how a batch of images and labels becomes a loss.
+"""The margin-head methods: the single-branch baseline (ArcFace & co.) and two-stage ContraFace.
 
-A method is an ``nn.Module`` that owns the backbone and its loss modules, so one
-DistributedDataParallel wrapper covers everything that has parameters. The trainer only calls
-
-    dataset, batches = Method.train_data(cfg, env)   # what a step sees (class method)
-    method = Method.from_config(cfg, backbone)       # through build_method(cfg, backbone)
-    method.param_groups()                   # the optimizer's parameter groups
-    method.set_epoch(epoch)                 # stage switches (dropout, branches)
-    out = method(images, labels)            # {"loss": tensor, "logs": {name: detached tensor}}
-    method.extra_state()                    # {name: device scalar} worth logging (the margin)
-
-and ``method.backbone`` for evaluation and export. Logged values stay on the device; the
-trainer reads them only every ``frequent`` steps, so a step never waits for the host.
+Both score embeddings with a margin head (``losses/heads``) over all classes, or sharded across
+the processes with Partial FC (``partial_fc = True``); ``init_weights`` may bring the class
+centers of an earlier run along with its backbone.
 """
 
 from __future__ import annotations
 
-import difflib
+import logging
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from losses.contraface import ContraFace
-from losses.heads import HEAD_PARAMS, MarginHead, get_head
+from losses.heads import MarginHead, check_head_config, get_head, head_params
 from losses.partial_fc import PartialFC
-from losses.unimoco import UniMoCo
-from utils.dataset import get_train_dataset
-from utils.sampler import ResumableBatchSampler, ResumableDistributedSampler
+from methods.base import TrainingMethod
+from methods.sharded_state import checkpoint_centers
+from utils.distributed import DistEnv
+from utils.errors import ConfigError
 
+log = logging.getLogger(__name__)
 
-class TrainingMethod(nn.Module):
-    """Base of the training methods: the hooks the trainer calls besides ``forward``."""
-
-    backbone: nn.Module
-
-    @classmethod
-    def train_data(cls, cfg: Any, env: Any) -> tuple[Dataset, ResumableBatchSampler]:
-        """The training set and this rank's resumable batches (``set_epoch(epoch, start=k)``)."""
-        dataset = get_train_dataset(cfg.rec, num_classes=cfg.num_classes or None, seed=cfg.seed)
-        sampler = ResumableDistributedSampler(dataset, env.world_size, env.rank, seed=cfg.seed)
-        return dataset, ResumableBatchSampler(sampler, cfg.batch_size)
-
-    @classmethod
-    def from_config(cls, cfg: Any, backbone: nn.Module) -> "TrainingMethod":
-        """The method with its loss modules, from a config (``build_method`` calls this)."""
-        raise NotImplementedError
-
-    def param_groups(self) -> list[dict[str, Any]]:
-        """The optimizer's parameter groups: every trainable parameter, one group."""
-        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called before every epoch (stage switches)."""
-
-    def backbone_loaded(self) -> None:
-        """Called after ``init_weights`` put new weights into ``backbone`` (copies follow them)."""
-
-    def extra_state(self) -> dict[str, torch.Tensor]:
-        """Device scalars worth logging beside the losses."""
-        return {}
+__all__ = ["ContraFaceTraining", "SingleBranch", "build_head", "switch_epoch"]
 
 
 class SingleBranch(TrainingMethod):
@@ -74,8 +37,19 @@ class SingleBranch(TrainingMethod):
         self.backbone.dropout_p = dropout
 
     @classmethod
-    def from_config(cls, cfg: Any, backbone: nn.Module) -> "SingleBranch":
-        return cls(backbone, build_head(cfg), dropout=cfg.dropout)
+    def check_config(cls, cfg: Any) -> None:
+        """The head and its parameters; Partial FC's sample rate."""
+        check_head_config(cfg)
+        if "sample_rate" in cfg and not 0.0 < cfg.sample_rate <= 1.0:
+            raise ConfigError(f"sample_rate must be in (0, 1], got {cfg.sample_rate!r} (dataset {cfg.dataset!r})")
+        if cfg.get("sample_rate", 1.0) < 1.0 and not cfg.get("partial_fc", False):
+            raise ConfigError(
+                f"sample_rate {cfg.sample_rate!r} needs partial_fc = True (the replicated head scores all)"
+            )
+
+    @classmethod
+    def from_config(cls, cfg: Any, backbone: nn.Module, env: DistEnv) -> "SingleBranch":
+        return cls(backbone, build_head(cfg, env), dropout=cfg.dropout)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
         loss = self.head.loss(self.backbone(images), labels)
@@ -85,6 +59,22 @@ class SingleBranch(TrainingMethod):
         """The head's running state (CurricularFace t, AdaFace norm mean/std), if any."""
         head = getattr(self.head, "head", self.head)  # PartialFC wraps this rank's MarginHead
         return head.extra_state() if isinstance(head, MarginHead) else {}
+
+    def load_init_extra(self, obj: Any, meta: dict[str, Any], path: str) -> None:
+        """The class centers of the ``init_weights`` file, where they fit (this rank's block under Partial FC)."""
+        kernel = self.head.kernel
+        sharded = isinstance(self.head, PartialFC)
+        num_classes = self.head.num_classes if sharded else kernel.shape[1]
+        start, stop = self.head.class_range if sharded else (0, num_classes)
+        if not (isinstance(obj, dict) and isinstance(obj.get("head"), dict)):
+            obj = {"head": {"head.kernel": meta.get("header", {}).get("kernel")}}  # the original {step}model.pth
+        centers, why = checkpoint_centers(obj, num_classes, start, stop)  # replicated or sharded runs
+        if centers is not None and centers.shape == kernel.shape:
+            with torch.no_grad():
+                kernel.copy_(centers)
+            log.info(f"init_weights: backbone and class centers from {path}")
+            return
+        log.info(f"init_weights: backbone from {path}; class centers start fresh ({why or 'they do not fit'})")
 
 
 class ContraFaceTraining(SingleBranch):
@@ -118,10 +108,21 @@ class ContraFaceTraining(SingleBranch):
         self.double = False
 
     @classmethod
-    def from_config(cls, cfg: Any, backbone: nn.Module) -> "ContraFaceTraining":
+    def check_config(cls, cfg: Any) -> None:
+        """The head's keys, then the two stages' dropout, the margin's EMA and the switch epoch."""
+        super().check_config(cfg)
+        if not 0.0 <= cfg.dropout2 < 1.0:
+            raise ConfigError(f"dropout2 must be in [0, 1), got {cfg.dropout2!r}")
+        if not 0.0 <= cfg.contra_ema <= 1.0:
+            raise ConfigError(f"contra_ema must be in [0, 1], got {cfg.contra_ema!r}")
+        if cfg.switch_epoch is not None and (not isinstance(cfg.switch_epoch, int) or cfg.switch_epoch < 0):
+            raise ConfigError(f"switch_epoch must be a 0-based epoch index or None, got {cfg.switch_epoch!r}")
+
+    @classmethod
+    def from_config(cls, cfg: Any, backbone: nn.Module, env: DistEnv) -> "ContraFaceTraining":
         return cls(
             backbone,
-            build_head(cfg),
+            build_head(cfg, env),
             switch_epoch=switch_epoch(cfg),
             dropout=cfg.dropout,
             dropout2=cfg.dropout2,
@@ -156,34 +157,16 @@ class ContraFaceTraining(SingleBranch):
         return {"margin": self.contra.margin, **super().extra_state()}
 
 
-METHODS: dict[str, type[TrainingMethod]] = {
-    "contraface": ContraFaceTraining,
-    "single": SingleBranch,
-    "unimoco": UniMoCo,  # FaceCL's contrastive training (losses/unimoco.py; no margin head)
-}
-
-
 def switch_epoch(cfg: Any) -> int:
     """The 0-based epoch ContraFace's stage 2 starts: ``cfg.switch_epoch``, else the first LR decay."""
     return cfg.shrink_epoch[0] - 1 if cfg.switch_epoch is None else int(cfg.switch_epoch)
 
 
-def head_params(cfg: Any) -> dict[str, Any]:
-    """The head parameters set in ``cfg`` (a None or missing key: the head's own default)."""
-    return {key: cfg[key] for key in HEAD_PARAMS if cfg.get(key) is not None}
-
-
-def build_head(cfg: Any) -> nn.Module:
-    """The margin head of ``cfg.head`` over all classes, or sharded across the processes (Partial FC)."""
-    if cfg.get("partial_fc"):  # losses/partial_fc.py
-        return PartialFC(cfg.head, cfg.embedding_size, cfg.num_classes, cfg.sample_rate, **head_params(cfg))
+def build_head(cfg: Any, env: DistEnv) -> nn.Module:
+    """The margin head of ``cfg.head`` over all classes, or sharded across ``env``'s processes (Partial FC)."""
+    if cfg.get("partial_fc"):
+        return PartialFC(
+            cfg.head, cfg.embedding_size, cfg.num_classes, cfg.sample_rate,
+            rank=env.rank, world_size=env.world_size, **head_params(cfg),
+        )
     return get_head(cfg.head, cfg.embedding_size, cfg.num_classes, **head_params(cfg))
-
-
-def build_method(cfg: Any, backbone: nn.Module) -> TrainingMethod:
-    """The training method named by ``cfg.method``, with its loss modules, from a config."""
-    if cfg.method not in METHODS:
-        close = difflib.get_close_matches(str(cfg.method), METHODS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown method {cfg.method!r}{hint} (known: {', '.join(METHODS)})")
-    return METHODS[cfg.method].from_config(cfg, backbone)

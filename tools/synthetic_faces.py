@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from difflib import get_close_matches
 from typing import Any
 
 import cv2
 import numpy as np
+
+from utils.registry import Registry
 
 __all__ = [
     "IMAGE_SIZE",
@@ -223,32 +224,26 @@ _MILD = NuisanceProfile(
     gray_p=0.05, blur_p=0.2, blur_max=1.0, noise_max=5, occlusion_p=0.05, clutter=6,
     glasses_off_p=0.1, hair_jitter=0.5)
 
-PROFILES: dict[str, NuisanceProfile] = {
-    # no nuisance at all: the identity itself, for tests and thumbnails
-    "clean": NuisanceProfile(),
-    # training: a spread of every nuisance, otherwise nothing can learn invariance to it
-    "train": NuisanceProfile(
-        yaw_std=15, turned_p=0.25, turned_range=(30, 85), pitch_std=8, roll_std=8,
-        scale_std=0.07, shift_std=3, age_std=8, expression=1.0, light=0.75, ambient=(0.6, 1.25),
-        jitter=0.12, gray_p=0.12, blur_p=0.3, blur_max=1.6, noise_max=8, occlusion_p=0.25,
-        clutter=8, glasses_off_p=0.15, hair_jitter=1.0),
-    "lfw": _MILD,
-    "cfp_fp/frontal": replace(_MILD, yaw_std=5, turned_p=0.0),
-    "cfp_fp/profile": replace(_MILD, turned_p=1.0, turned_range=(60, 85)),
-    "agedb_30": replace(_MILD, light=0.6, gray_p=0.35, ambient=(0.65, 1.2)),
-    "calfw": replace(_MILD, light=0.8, ambient=(0.6, 1.25), jitter=0.1),
-    "cplfw": replace(_MILD, turned_p=0.6, turned_range=(30, 70), occlusion_p=0.5),
-}
+PROFILES: Registry[NuisanceProfile] = Registry("nuisance profile")
+# no nuisance at all: the identity itself, for tests and thumbnails
+PROFILES.add("clean", NuisanceProfile())
+# training: a spread of every nuisance, otherwise nothing can learn invariance to it
+PROFILES.add("train", NuisanceProfile(
+    yaw_std=15, turned_p=0.25, turned_range=(30, 85), pitch_std=8, roll_std=8,
+    scale_std=0.07, shift_std=3, age_std=8, expression=1.0, light=0.75, ambient=(0.6, 1.25),
+    jitter=0.12, gray_p=0.12, blur_p=0.3, blur_max=1.6, noise_max=8, occlusion_p=0.25,
+    clutter=8, glasses_off_p=0.15, hair_jitter=1.0))
+PROFILES.add("lfw", _MILD)
+PROFILES.add("cfp_fp/frontal", replace(_MILD, yaw_std=5, turned_p=0.0))
+PROFILES.add("cfp_fp/profile", replace(_MILD, turned_p=1.0, turned_range=(60, 85)))
+PROFILES.add("agedb_30", replace(_MILD, light=0.6, gray_p=0.35, ambient=(0.65, 1.2)))
+PROFILES.add("calfw", replace(_MILD, light=0.8, ambient=(0.6, 1.25), jitter=0.1))
+PROFILES.add("cplfw", replace(_MILD, turned_p=0.6, turned_range=(30, 70), occlusion_p=0.5))
 
 
 def get_profile(name: str) -> NuisanceProfile:
-    """Look up a nuisance profile by name."""
-    try:
-        return PROFILES[name]
-    except KeyError:
-        close = get_close_matches(name, PROFILES, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown nuisance profile {name!r}{hint} known: {', '.join(PROFILES)}") from None
+    """The nuisance profile registered as ``name`` (any case); UnknownNameError naming the known ones."""
+    return PROFILES.get(name)
 
 
 def sample_nuisance(rng: np.random.Generator, profile: NuisanceProfile, **override: Any) -> dict[str, Any]:
