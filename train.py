@@ -17,7 +17,6 @@ import argparse
 import logging
 import os
 import random
-import warnings
 from typing import Any
 
 import numpy as np

@@ -25,7 +25,7 @@ CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 def resolve_config(name: str) -> str:
     """The config file ``name`` means: a path (``.py`` optional), else a preset in configs/."""
-    stem = name[:-3] if name.endswith(".py") else name
+    stem = name.removesuffix(".py")
     candidates = [stem + ".py", os.path.join(CONFIGS, os.path.basename(stem) + ".py")]
     for path in candidates:
         if os.path.isfile(path):

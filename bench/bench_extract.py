@@ -24,8 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from backbones import get_backbone  # noqa: E402
 from bench.machine import describe_machine  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
 from eval.embedder import Embedder, default_amp_dtype  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
 
 
 def throughput(

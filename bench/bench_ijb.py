@@ -25,12 +25,12 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from backbones import get_backbone  # noqa: E402
 from bench.machine import describe_machine  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
 from eval.alignment import norm_crop  # noqa: E402
 from eval.embedder import Embedder  # noqa: E402
 from eval.ijb import metrics  # noqa: E402
 from eval.ijb.data import IJBAlignedFaces, load_meta  # noqa: E402
 from eval.ijb.ijb_eval import extract_features, template_features  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
 
 
 @torch.inference_mode()

@@ -32,8 +32,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.machine import describe_machine  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
 from losses import PartialFC, get_head  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
 
 VARIANTS = [("replicated", None), ("pfc 1.0", 1.0), ("pfc 0.3", 0.3), ("pfc 0.1", 0.1)]
 

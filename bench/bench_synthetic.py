@@ -19,8 +19,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.machine import describe_machine  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
 from tools import make_synthetic  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,8 +28,8 @@ from sklearn.model_selection import KFold
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.machine import describe_machine  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
 from eval.verification import _unpickle_bin, evaluate, interpolate_threshold, load_bin, test  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
 
 
 def _counts(threshold, dist, issame):

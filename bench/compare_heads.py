@@ -30,9 +30,9 @@ sys.path.insert(0, ROOT)
 
 import train  # noqa: E402
 from bench.machine import describe_machine  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
 from losses import HEADS  # noqa: E402
 from tools import make_synthetic  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
 from utils.config import load_config  # noqa: E402
 
 TARGETS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")

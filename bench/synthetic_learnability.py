@@ -25,9 +25,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from backbones import get_backbone  # noqa: E402
 from bench.machine import describe_machine  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
 from eval.embedder import load_backbone  # noqa: E402
 from eval.verification import evaluate, load_bin, test  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
 
 BINS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
 

@@ -1,9 +1,17 @@
 """Embedder: aligned 112x112 RGB uint8 face crops -> embeddings, from a torch backbone or ONNX.
 
-Used by every evaluation (verification bins, IJB, MegaFace) so preprocessing is defined once:
-pixels are normalised as ``(x / 255 - 0.5) / 0.5`` (the insightface convention), embeddings are
-returned raw (not L2-normalised). Flip-test is the caller's job: pass mirrored crops
-(``images[:, :, ::-1]`` for NHWC) and add the two embeddings.
+The one embedding path of every evaluation (the training callback's verification, eval.evaluation,
+IJB, MegaFace), so preprocessing, precision and the flip test are defined once:
+
+* pixels are normalised as ``(x / 255 - 0.5) / 0.5`` (the insightface convention) on the device;
+* one AMP policy (:func:`default_amp_dtype`): bf16 on CUDA where supported, else fp16; fp32 on
+  the CPU. AMP is on by default on CUDA for :meth:`Embedder.load` / :meth:`Embedder.from_module`;
+* embeddings are returned raw (float32, not L2-normalised);
+* the flip test (:func:`embed_faces`, :func:`embed_batches`): every batch is embedded as it is
+  and horizontally mirrored (:func:`mirror`); both embeddings are returned. How a protocol
+  combines them is its own rule: verification sums them in float64 and L2-normalises
+  (insightface's verification.py), MegaFace sums them in float32 and L2-normalises
+  (gen_megaface.py), IJB keeps both for its F0/F1 test modes (ijb_11.py).
 """
 
 from __future__ import annotations
@@ -17,7 +25,6 @@ import torch
 from torch import nn
 
 from backbones import get_backbone
-from utils.loader import normalize_batch
 from utils.checkpoint import (
     CheckpointError,
     apply_state,
@@ -25,6 +32,7 @@ from utils.checkpoint import (
     infer_network,
     load_state,
 )
+from utils.loader import normalize_batch
 
 __all__ = [
     "Embedder",
@@ -38,6 +46,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 IMAGE_SIZE = 112
+
+# (N, 3, 112, 112) uint8 RGB crops -> (N, D) float32 embeddings; an Embedder is one.
+EmbedFn = Callable[[torch.Tensor], np.ndarray]
 
 
 def default_device() -> torch.device:
@@ -91,15 +102,6 @@ def to_nchw_uint8(images: np.ndarray | torch.Tensor) -> torch.Tensor:
             f"numpy or (N, 3, 112, 112) tensor, got shape {tuple(images.shape)}"
         )
     return tensor
-
-
-def normalise(batch: torch.Tensor) -> torch.Tensor:
-    """uint8 NCHW -> float32 in [-1, 1], computed exactly as insightface's verification test."""
-    if batch.dtype == torch.uint8:
-        # the training path's table: the CPU's float32 numbers on any device (CUDA's scalar
-        # division is a multiplication by 1/255, 1 ulp off for some pixel values)
-        return normalize_batch(batch)
-    return ((batch.float() / 255) - 0.5) / 0.5  # 0-255 in another dtype (insightface's float bins)
 
 
 class Embedder:
@@ -166,10 +168,14 @@ class Embedder:
         if amp and amp_dtype is None:
             # CPU autocast (bf16) is slow on most CPUs and changes results: keep fp32.
             log.warning("Embedder: AMP requested on %s; running fp32 (AMP is for CUDA)", device)
+        if device.type == "cpu":
+            keep_freed_memory()  # else every batch page-faults its activations in again
 
         @torch.inference_mode()
         def run_batch(batch: torch.Tensor) -> np.ndarray:
-            x = normalise(batch.to(device, non_blocking=True))
+            # the training path's table: the CPU's float32 numbers on any device (CUDA's scalar
+            # division is a multiplication by 1/255, 1 ulp off for some pixel values)
+            x = normalize_batch(batch.to(device, non_blocking=True))
             was_training = module.training
             module.eval()
             try:
@@ -216,7 +222,7 @@ class Embedder:
 
         def run_batch(batch: torch.Tensor) -> np.ndarray:
             n = batch.shape[0]
-            x = normalise(batch).numpy()
+            x = normalize_batch(batch).numpy()
             if fixed is not None and n < fixed:
                 # A fixed-batch export: pad the last batch, drop the padding afterwards.
                 x = np.concatenate([x, np.zeros((fixed - n, *x.shape[1:]), np.float32)])
@@ -253,6 +259,61 @@ class Embedder:
 
     def __repr__(self) -> str:
         return f"Embedder({self.source}, device={self.device}, batch_size={self.batch_size})"
+
+
+# -- the flip test -------------------------------------------------------------------------------
+
+
+def mirror(batch: torch.Tensor) -> torch.Tensor:
+    """The horizontal mirror of an NCHW batch: the flip test's second view of every face."""
+    return torch.flip(batch, dims=[3])
+
+
+def embed_batches(
+    embed: EmbedFn, batches: Iterable[torch.Tensor], flip: bool = True
+) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """Per (B, 3, 112, 112) uint8 batch: (its embeddings, its mirror's or None), float32 (B, D).
+
+    The mirror is embedded as a batch of its own, right after the batch: the same batch shapes
+    as embedding the images and then their mirrors, so the same numbers.
+    """
+    for batch in batches:
+        embeddings = np.asarray(embed(batch), dtype=np.float32)
+        yield embeddings, np.asarray(embed(mirror(batch)), dtype=np.float32) if flip else None
+
+
+def embed_faces(
+    embed: EmbedFn,
+    batches: Iterable[torch.Tensor],
+    count: int,
+    flip: bool = True,
+    desc: str | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Embeddings of ``count`` faces given in uint8 NCHW batches, and of their mirrors (or None).
+
+    float32 (count, D) each, in the order of the batches; ``desc`` shows a progress bar.
+    """
+    embs = embs_flip = None
+    start = 0
+    with tqdm(total=count, desc=desc, unit="face", leave=False, disable=desc is None) as bar:
+        for emb, emb_flip in embed_batches(embed, batches, flip):
+            if embs is None:
+                embs = np.empty((count, emb.shape[1]), np.float32)
+                embs_flip = np.empty_like(embs) if flip else None
+            if start + len(emb) > count:
+                raise ValueError(f"embed_faces: the batches hold more than the {count} faces announced")
+            embs[start : start + len(emb)] = emb
+            if flip:
+                embs_flip[start : start + len(emb)] = emb_flip
+            start += len(emb)
+            bar.update(len(emb))
+    if start != count:
+        raise ValueError(f"embed_faces: the batches held {start} faces, {count} were announced")
+    if embs is None:  # no faces at all
+        size = getattr(embed, "embedding_size", 0)
+        embs = np.zeros((0, size), np.float32)
+        embs_flip = embs.copy() if flip else None
+    return embs, embs_flip
 
 
 def load_backbone(

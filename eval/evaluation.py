@@ -6,13 +6,16 @@
 ``--weights`` is one checkpoint or a folder; every ``*.pt``, ``*.pth`` and ``*.onnx`` in it is
 evaluated (this project's checkpoints, ContraFace ``{step}model.pth``, insightface
 ``backbone.pth``, ONNX exports). In a run folder each step is evaluated once (its
-``backbone-<step>.pth`` rather than its ``checkpoint-<step>.pt``), the results are cached per
-file and target in ``FOLDER/verification_results.json`` (a re-run evaluates only new files or
-targets) and the best step per target and by the mean is reported. Each ``.bin`` needed is
-decoded once for all checkpoints. Torch models
-go through ``eval.verification.test``; ONNX models through the Embedder with the same flip
-protocol (embedding of the image + embedding of its mirror) and ``eval.verification.evaluate``.
-With several GPUs the targets are spread over them (one thread and one model copy per GPU).
+``backbone-<step>.pth`` rather than its ``checkpoint-<step>.pt``) through eval.steps like the
+IJB and MegaFace evaluators: the results are cached per file and target in
+``FOLDER/verification_results.json`` (a re-run evaluates only new files or targets), files that
+are not backbones are skipped, and the best step per target and by the mean is reported.
+
+Each checkpoint is loaded (and so checked) before any ``.bin`` is decoded; each ``.bin`` is then
+decoded once for all checkpoints. Torch models and ONNX models alike go through the one
+evaluation path: eval.embedder (the flip test: embedding of the image + embedding of its mirror)
+and ``eval.verification.verify``. With several GPUs the targets are spread over them (one thread
+and one model copy per GPU).
 """
 
 from __future__ import annotations
@@ -28,14 +31,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 import numpy as np
-import sklearn.preprocessing
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from eval import verification
 from eval.embedder import Embedder, load_backbone
-from eval.steps import ResultCache, best_steps, format_steps, settings_key
+from eval.steps import ResultCache, best_steps, evaluate_steps, file_stamp, report_steps, settings_key
 from utils.checkpoint import CheckpointError
 from utils.run_files import is_step_weights, list_step_weights, step_from_filename
 from utils.cli import UsageError, run_cli
@@ -46,10 +47,7 @@ __all__ = [
     "CHECKPOINT_SUFFIXES",
     "find_checkpoints",
     "load_targets",
-    "verify_embeddings",
-    "evaluate_onnx",
-    "evaluate_module",
-    "evaluate_checkpoints",
+    "load_model",
     "format_table",
     "main",
 ]
@@ -59,7 +57,10 @@ log = logging.getLogger("eval.evaluation")
 DEFAULT_TARGETS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".onnx")
 CACHE_NAME = "verification_results.json"
-METRICS = ("acc1", "std1", "acc2", "std2", "xnorm")
+META = "meta"  # the cache's part for a checkpoint's network and step (read when it is loaded)
+
+# one loaded .bin: uint8 (2P, 3, H, W) images and P issame flags (eval.verification.load_pairs)
+VerificationSet = tuple[torch.Tensor, list[bool]]
 
 
 def _natural_key(name: str) -> list:
@@ -91,73 +92,30 @@ def find_checkpoints(weights: str) -> list[str]:
 def target_settings(
     data_dir: str, targets: Sequence[str], nfolds: int, image_size: Sequence[int], model: dict
 ) -> dict[str, str]:
-    """Cache key per target: the .bin file (path, size, mtime), the protocol and the model options."""
+    """Cache key per target: the .bin file (path and stamp), the protocol and the model options."""
     keys = {}
     for target in targets:
         path = os.path.abspath(os.path.join(data_dir, f"{target}.bin"))
-        st = os.stat(path)
         keys[target] = settings_key({
-            "target": target, "bin": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "target": target, "bin": path, **file_stamp(path),
             "nfolds": nfolds, "image_size": list(image_size), **model,
         })
     return keys
 
 
 def load_targets(
-    data_dir: str, targets: Sequence[str], image_size: tuple[int, int] = (112, 112)
-) -> tuple[dict[str, tuple[list[torch.Tensor], list[bool]]], list[str]]:
-    """Decode ``{data_dir}/{target}.bin`` for each target that exists; return (sets, missing)."""
-    sets, missing = {}, []
+    data_dir: str,
+    targets: Sequence[str],
+    image_size: Sequence[int] = (112, 112),
+    loaded: dict[str, VerificationSet] | None = None,
+) -> dict[str, VerificationSet]:
+    """``{target: load_pairs(data_dir/<target>.bin)}``; sets already in ``loaded`` are reused, new ones added to it."""
+    loaded = {} if loaded is None else loaded
     for target in targets:
-        path = os.path.join(data_dir, f"{target}.bin")
-        if not os.path.isfile(path):
-            missing.append(target)
-            continue
-        sets[target] = verification.load_bin(path, image_size, progress=True)
-    if missing:
-        names = ", ".join(f"{t}.bin" for t in missing)
-        log.warning("missing verification bins in %s (skipped): %s", data_dir, names)
-    return sets, missing
-
-
-def verify_embeddings(
-    embeddings_list: Sequence[np.ndarray], issame: Sequence[bool], nfolds: int = 10
-) -> dict:
-    """verification.test's metrics from [embeddings, mirrored embeddings] (same arithmetic)."""
-    # test() accumulates float64 embeddings; do the same so both paths give the same numbers.
-    embeddings_list = [np.asarray(e, dtype=np.float64) for e in embeddings_list]
-    xnorm = float(np.mean(np.concatenate([np.linalg.norm(e, axis=1) for e in embeddings_list])))
-    plain = sklearn.preprocessing.normalize(embeddings_list[0])
-    _, _, acc, _, _, _ = verification.evaluate(plain, issame, nfolds)
-    acc1, std1 = float(np.mean(acc)), float(np.std(acc))
-    flip = sklearn.preprocessing.normalize(embeddings_list[0] + embeddings_list[1])
-    _, _, acc, _, _, _ = verification.evaluate(flip, issame, nfolds)
-    acc2, std2 = float(np.mean(acc)), float(np.std(acc))
-    return {"acc1": acc1, "std1": std1, "acc2": acc2, "std2": std2, "xnorm": xnorm}
-
-
-def evaluate_onnx(
-    embedder: Embedder, data_set: tuple[list[torch.Tensor], list[bool]], nfolds: int = 10
-) -> dict:
-    """Metrics of an Embedder (e.g. ONNX) on one loaded bin with the flip protocol."""
-    data_list, issame = data_set
-    return verify_embeddings([embedder(data) for data in data_list], issame, nfolds)
-
-
-def evaluate_module(
-    backbone: nn.Module,
-    data_set: tuple[list[torch.Tensor], list[bool]],
-    batch_size: int,
-    nfolds: int,
-    device: torch.device,
-    amp: bool,
-    progress: bool = False,
-) -> dict:
-    """Metrics of a backbone (already on ``device``) on one loaded bin, via verification.test."""
-    acc1, std1, acc2, std2, xnorm, _ = verification.test(
-        data_set, backbone, batch_size, nfolds, device=device, amp=amp, progress=progress
-    )
-    return {"acc1": acc1, "std1": std1, "acc2": acc2, "std2": std2, "xnorm": xnorm}
+        if target not in loaded:
+            path = os.path.join(data_dir, f"{target}.bin")
+            loaded[target] = verification.load_pairs(path, image_size, progress=True)
+    return {target: loaded[target] for target in targets}
 
 
 def _devices(device: str) -> list[torch.device]:
@@ -171,34 +129,55 @@ def _devices(device: str) -> list[torch.device]:
     return [torch.device(device)]
 
 
-def _evaluate_torch(
-    backbone: nn.Module,
-    sets: dict,
-    devices: list[torch.device],
-    batch_size: int,
-    nfolds: int,
-    amp: bool,
-    bar: tqdm,
+def load_model(
+    path: str,
+    devices: Sequence[torch.device],
+    network: str | None = None,
+    network_kwargs: dict[str, Any] | None = None,
+    batch_size: int = 128,
+    amp: bool = False,
+) -> tuple[list[Embedder], dict[str, Any]]:
+    """One checkpoint's embedders (a model copy per device; ONNX: one) and its metadata.
+
+    Metadata: ``network``, ``network_kwargs``, ``step``, ``format``. ``amp`` applies on CUDA only.
+    """
+    if path.lower().endswith(".onnx"):
+        embedder = Embedder.from_onnx(path, batch_size=batch_size, device=str(devices[0]))
+        return [embedder], {"network": "onnx", "step": step_from_filename(path), "format": "onnx"}
+    backbone, meta = load_backbone(path, network, **(network_kwargs or {}))
+    embedders = [
+        # a private copy per device: threads must not share a module that is being moved
+        Embedder.from_module(copy.deepcopy(backbone) if len(devices) > 1 else backbone, device=device,
+                             batch_size=batch_size, amp=amp and device.type == "cuda")
+        for device in devices
+    ]
+    return embedders, {
+        "network": meta["network"],
+        "network_kwargs": meta["network_kwargs"],
+        "step": meta.get("step", step_from_filename(path)),
+        "format": meta.get("format"),
+    }
+
+
+def _evaluate_sets(
+    embedders: Sequence[Embedder], sets: dict[str, VerificationSet], nfolds: int, bar: tqdm
 ) -> dict[str, dict]:
-    """All targets for one backbone; targets round-robin over devices, one thread per device."""
+    """Every set's metrics; sets round-robin over the embedders, one thread per embedder."""
     targets = list(sets)
     lock = threading.Lock()
 
     def run(worker: int) -> dict[str, dict]:
-        device = devices[worker]
-        # A private copy per device: threads must not share a module that is being moved.
-        model = (copy.deepcopy(backbone) if len(devices) > 1 else backbone).to(device).eval()
+        embedder = embedders[worker]
         out = {}
-        for target in targets[worker :: len(devices)]:
-            out[target] = evaluate_module(
-                model, sets[target], batch_size, nfolds, device, amp and device.type == "cuda",
-                progress=len(devices) == 1,
-            )
+        for target in targets[worker :: len(embedders)]:
+            images, issame = sets[target]
+            out[target], _ = verification.verify(embedder, images, issame, nfolds, embedder.batch_size,
+                                                 progress=len(embedders) == 1)
             with lock:
                 bar.update(1)
         return out
 
-    workers = min(len(devices), len(targets))
+    workers = min(len(embedders), len(targets))
     if workers <= 1:
         return run(0)
     results: dict[str, dict] = {}
@@ -206,92 +185,6 @@ def _evaluate_torch(
         for part in pool.map(run, range(workers)):
             results.update(part)
     return {t: results[t] for t in targets}
-
-
-def evaluate_checkpoints(
-    checkpoints: Sequence[str],
-    sets: dict,
-    network: str | None = None,
-    network_kwargs: dict[str, Any] | None = None,
-    batch_size: int = 128,
-    nfolds: int = 10,
-    device: str = "auto",
-    amp: bool = False,
-    skip_unloadable: bool = False,
-    cache: ResultCache | None = None,
-    cache_keys: dict[str, str] | None = None,
-) -> list[dict]:
-    """Evaluate each checkpoint on every loaded set; one result record per checkpoint.
-
-    With a ``cache`` (and ``cache_keys``, one per target), a (checkpoint, target) found there is
-    taken from it, and only the rest is evaluated and added; ``sets`` need only hold the targets
-    some checkpoint still lacks, in the order of ``cache_keys``.
-    """
-    devices = _devices(device)
-    records = []
-    targets = list(cache_keys) if cache_keys else list(sets)
-    bar = tqdm(total=len(checkpoints) * len(targets), desc="evaluating", unit="set")
-    for path in checkpoints:
-        record: dict[str, Any] = {"checkpoint": path, "name": os.path.basename(path)}
-        cached = {}
-        if cache is not None and cache_keys:
-            for target in targets:
-                hit = cache.get(path, cache_keys[target])
-                if hit is not None:
-                    cached[target] = hit
-        todo = {t: sets[t] for t in targets if t not in cached}
-        if not todo:
-            entry = cache.get(path, "meta") or {}
-            record.update(entry, step=entry.get("step", step_from_filename(path)))
-            _finish(record, {t: cached[t] for t in targets}, cached=len(cached))
-            bar.update(len(targets))
-            records.append(record)
-            continue
-        bar.update(len(cached))
-        try:
-            if path.lower().endswith(".onnx"):
-                model: Embedder | nn.Module = Embedder.from_onnx(
-                    path, batch_size=batch_size, device=str(devices[0])
-                )
-                record.update(network="onnx", step=step_from_filename(path), format="onnx")
-            else:
-                model, meta = load_backbone(path, network, **(network_kwargs or {}))
-                record.update(
-                    network=meta["network"],
-                    network_kwargs=meta["network_kwargs"],
-                    step=meta.get("step", step_from_filename(path)),
-                    format=meta.get("format"),
-                )
-        except (CheckpointError, ValueError) as exc:
-            if not skip_unloadable:
-                raise
-            # A folder may hold files that are not backbones (e.g. ElasticFace {step}header.pth).
-            log.warning("skipping %s: %s", path, exc)
-            record["error"] = str(exc)
-            bar.update(len(todo))
-            records.append(record)
-            continue
-        if isinstance(model, Embedder):
-            results = {}
-            for target, data_set in todo.items():
-                results[target] = evaluate_onnx(model, data_set, nfolds)
-                bar.update(1)
-        else:
-            results = _evaluate_torch(model, todo, devices, batch_size, nfolds, amp, bar)
-        if cache is not None and cache_keys:
-            meta_keys = ("network", "network_kwargs", "step", "format")
-            cache.put(path, "meta", {k: record[k] for k in meta_keys if k in record})
-            for target, result in results.items():
-                cache.put(path, cache_keys[target], result)
-        _finish(record, {t: cached[t] if t in cached else results[t] for t in targets}, len(cached))
-        records.append(record)
-        tqdm.write(
-            f"{record['name']}: "
-            + ", ".join(f"{t} {r['acc2'] * 100:.2f}" for t, r in record["results"].items())
-            + (f", mean {record['mean_acc2'] * 100:.2f}" if record["results"] else "")
-        )
-    bar.close()
-    return records
 
 
 def _finish(record: dict, results: dict[str, dict], cached: int) -> None:
@@ -354,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nfolds", type=int, default=10)
     p.add_argument("--image-size", type=int, nargs=2, default=(112, 112), metavar=("H", "W"))
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (all GPUs) or cuda:N")
-    p.add_argument("--amp", action="store_true", help="autocast (fp16) on CUDA; default fp32")
+    p.add_argument("--amp", action="store_true",
+                   help="autocast on CUDA (eval.embedder's policy: bf16 where supported, else fp16); "
+                        "default fp32")
     p.add_argument("--width", type=int, default=None, help="iresnet width (default 64)")
     p.add_argument("--num-features", type=int, default=None, help="embedding size (default 512)")
     p.add_argument("--use-se", action="store_true", help="iresnet with squeeze-and-excitation")
@@ -383,35 +278,57 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise FileNotFoundError(
             f"none of the targets ({', '.join(targets)}) has a .bin in {args.data_dir}"
         )
+    if missing:
+        names = ", ".join(f"{t}.bin" for t in missing)
+        log.warning("missing verification bins in %s (skipped): %s", args.data_dir, names)
     kwargs = {"width": args.width, "num_features": args.num_features}
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if args.use_se:
         kwargs["use_se"] = True
+    devices = _devices(args.device)
+    loaded: dict[str, VerificationSet] = {}  # each .bin decoded once, when a checkpoint first needs it
+    evaluated: dict[str, list[str]] = {}  # the targets evaluated (not from the cache) per checkpoint
+    bar = tqdm(desc="evaluating", unit="set")
+
+    def evaluate(path: str, parts: Sequence[str]) -> dict[str, Any]:
+        """{"meta": the checkpoint's metadata, target: metrics} for the targets among ``parts``."""
+        try:
+            embedders, meta = load_model(path, devices, args.network, kwargs, args.batch_size, args.amp)
+        except ValueError as exc:  # the network cannot be told (e.g. a folder's header file)
+            raise CheckpointError(str(exc)) from exc
+        wanted = [t for t in parts if t != META]
+        results = _evaluate_sets(embedders, load_targets(args.data_dir, wanted, args.image_size, loaded),
+                                 args.nfolds, bar)
+        evaluated[path] = wanted
+        if results:
+            tqdm.write(f"{os.path.basename(path)}: "
+                       + ", ".join(f"{t} {r['acc2'] * 100:.2f}" for t, r in results.items()))
+        return {META: meta, **results}
+
     folder = os.path.isdir(args.weights)
-    cache = keys = None
     if folder:
         cache = ResultCache(os.path.join(args.weights, CACHE_NAME))
         model = {"network": args.network, "network_kwargs": kwargs, "amp": args.amp}
-        keys = target_settings(args.data_dir, present, args.nfolds, args.image_size, model)
-        if args.no_cache:
-            cache.entries.clear()
-    # decode only the bins some checkpoint still needs
-    needed = [t for t in present if cache is None or any(cache.get(c, keys[t]) is None for c in checkpoints)]
-    sets, _ = load_targets(args.data_dir, needed, tuple(args.image_size))
-    records = evaluate_checkpoints(
-        checkpoints, sets, args.network, kwargs, args.batch_size, args.nfolds, args.device,
-        args.amp, skip_unloadable=folder, cache=cache, cache_keys=keys,
-    )
-    evaluated = present
+        parts = {META: META, **target_settings(args.data_dir, present, args.nfolds, args.image_size, model)}
+        steps = [(step_from_filename(path), path) for path in checkpoints]
+        rows = evaluate_steps(steps, cache, parts, evaluate, refresh=args.no_cache, skip=(CheckpointError,))
+    else:  # one file: its errors are errors
+        scores = evaluate(checkpoints[0], [META, *present])
+        rows = [{"step": step_from_filename(checkpoints[0]), "name": os.path.basename(checkpoints[0]),
+                 "scores": scores}]
+    bar.close()
+    records = [_record(path, row, present, evaluated) for path, row in zip(checkpoints, rows)]
     if folder:
-        print(format_steps(_score_rows(records, evaluated), evaluated))
+        best = report_steps(f"verification accuracy with flip (%) per step, {args.weights}",
+                            _score_rows(records, present), None, metrics=present)["best"]
         skipped = [r["name"] for r in records if "error" in r]
         if skipped:
             print(f"skipped (not backbones): {', '.join(skipped)}")
     else:
-        print(format_table(records, evaluated))
+        print(format_table(records, present))
+        best = best_of(records, present)
     result = {
-        "targets": evaluated,
+        "targets": present,
         "missing_targets": missing,
         "data_dir": args.data_dir,
         "nfolds": args.nfolds,
@@ -419,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "device": args.device,
         "amp": args.amp,
         "checkpoints": records,
-        "best": best_of(records, evaluated),
+        "best": best,
     }
     if args.output:
         with atomic_path(args.output) as tmp, open(tmp, "w") as f:
@@ -428,6 +345,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if all("error" in r for r in records):
         raise CheckpointError(f"{args.weights}: no checkpoint could be evaluated (see the warnings above)")
     return result
+
+
+def _record(path: str, row: dict, targets: Sequence[str], evaluated: dict[str, list[str]]) -> dict:
+    """One checkpoint's result record from its eval.steps row: metadata, per-target results, mean."""
+    record: dict[str, Any] = {"checkpoint": path, "name": row["name"]}
+    if "error" in row:
+        record["error"] = row["error"]
+        return record
+    meta = row["scores"][META]
+    record.update(meta, step=meta.get("step", row["step"]))
+    _finish(record, {t: row["scores"][t] for t in targets}, len(targets) - len(evaluated.get(path, ())))
+    return record
 
 
 if __name__ == "__main__":

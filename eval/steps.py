@@ -1,11 +1,14 @@
 """Evaluating a run folder step by step: a result cache per weight file, the best step, a table.
 
 The three evaluators (``eval.evaluation``, ``eval.ijb.ijb_eval``, ``eval.megaface.megaface_eval``)
-accept a run folder as ``--weights``: each per-step weight file (``utils.checkpoint.
+accept a run folder as ``--weights``: each per-step weight file (``utils.run_files.
 list_step_weights``) is evaluated once; its results are cached in a JSON file keyed by the file's
-name, size and modification time and by the evaluation's settings, so a re-run evaluates only the
+name and :func:`file_stamp` and by the evaluation's settings, so a re-run evaluates only the
 files that are new or changed. The report is one row per step and the best step per metric and
 by the mean of the metrics (the paper's tables are each benchmark's best over epochs).
+
+:func:`file_stamp` is also what every evaluator puts in its cache keys for its input files
+(verification .bin files, IJB lists, MegaFace lists, the weights of a feature cache).
 """
 
 from __future__ import annotations
@@ -14,12 +17,12 @@ import hashlib
 import json
 import logging
 import os
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from utils.fileio import atomic_write_bytes
 
 __all__ = [
-    "settings_key", "file_stamps", "ResultCache", "evaluate_steps", "best_steps", "format_steps", "report_steps",
+    "settings_key", "file_stamp", "ResultCache", "evaluate_steps", "best_steps", "format_steps", "report_steps",
 ]
 
 log = logging.getLogger(__name__)
@@ -30,9 +33,13 @@ def settings_key(settings: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def file_stamps(paths: Iterable[str]) -> list[tuple[str, int, int]]:
-    """(absolute path, size, mtime) of each input file, for a settings key that changes with them."""
-    return [(os.path.abspath(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths]
+def file_stamp(path: str | os.PathLike) -> dict[str, int]:
+    """What tells one version of a file from another: ``{"size", "mtime_ns"}`` (nanoseconds).
+
+    The location is not in it: a key that depends on where the file is adds its path.
+    """
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 class ResultCache:
@@ -53,21 +60,16 @@ class ResultCache:
     def _key(weights: str, settings: str) -> str:
         return f"{os.path.basename(weights)}|{settings}"
 
-    @staticmethod
-    def _stamp(weights: str) -> dict[str, int]:
-        st = os.stat(weights)
-        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
     def get(self, weights: str, settings: str) -> Any | None:
         """The cached result of ``weights`` under ``settings``, or None (absent or file changed)."""
         entry = self.entries.get(self._key(weights, settings))
-        if entry is None or entry.get("stamp") != self._stamp(weights):
+        if entry is None or entry.get("stamp") != file_stamp(weights):
             return None
         return entry["result"]
 
     def put(self, weights: str, settings: str, result: Any) -> None:
         """Remember ``result`` and write the cache file at once (a crash keeps what was done)."""
-        self.entries[self._key(weights, settings)] = {"stamp": self._stamp(weights), "result": result}
+        self.entries[self._key(weights, settings)] = {"stamp": file_stamp(weights), "result": result}
         try:
             data = json.dumps({"entries": self.entries}, indent=1, sort_keys=True).encode()
             atomic_write_bytes(self.path, data)
@@ -76,27 +78,62 @@ class ResultCache:
 
 
 def evaluate_steps(
-    steps: Sequence[tuple[int, str]],
+    steps: Sequence[tuple[int | None, str]],
     cache: ResultCache,
-    settings: str,
-    evaluate: Callable[[str], dict[str, float]],
+    settings: str | Mapping[str, str],
+    evaluate: Callable[..., dict[str, Any]],
     refresh: bool = False,
+    skip: tuple[type[BaseException], ...] = (),
 ) -> list[dict]:
-    """One row per (step, weight file): its scores from ``cache``, else ``evaluate(path)`` (then cached).
+    """One row per (step, weight file): its scores from ``cache``, else evaluated (then cached).
 
-    ``refresh`` evaluates every file again. Rows: ``{"step", "name", "weights", "scores"}``.
+    ``settings`` one key: ``evaluate(path)`` gives the file's scores, cached as one entry.
+    ``settings`` a key per part (e.g. per verification set): ``evaluate(path, parts)`` gives
+    ``{part: result}`` for the parts the cache lacks, each cached on its own, so a new part costs
+    only itself; the row's scores are ``{part: result}`` in the order of ``settings``.
+    ``refresh`` evaluates everything again. A file whose evaluation raises one of ``skip`` gets a
+    row with ``"error"`` (the message) and no scores, and nothing is cached for it.
+    Rows: ``{"step", "name", "weights", "scores"}`` (or ``"error"``).
     """
     rows = []
     for step, path in steps:
-        scores = None if refresh else cache.get(path, settings)
-        if scores is None:
-            scores = evaluate(path)
-            cache.put(path, settings, scores)
-        else:
-            log.info("%s: results from %s", os.path.basename(path), cache.path)
-        rows.append({"step": step, "name": os.path.basename(path), "weights": os.path.abspath(path),
-                     "scores": scores})
+        row: dict[str, Any] = {"step": step, "name": os.path.basename(path), "weights": os.path.abspath(path)}
+        try:
+            if isinstance(settings, str):
+                row["scores"] = _evaluate_whole(path, cache, settings, evaluate, refresh)
+            else:
+                row["scores"] = _evaluate_parts(path, cache, settings, evaluate, refresh)
+        except skip as exc:
+            log.warning("skipping %s: %s", path, exc)
+            row["error"] = str(exc)
+        rows.append(row)
     return rows
+
+
+def _evaluate_whole(path: str, cache: ResultCache, settings: str, evaluate: Callable, refresh: bool) -> Any:
+    scores = None if refresh else cache.get(path, settings)
+    if scores is None:
+        scores = evaluate(path)
+        cache.put(path, settings, scores)
+    else:
+        log.info("%s: results from %s", os.path.basename(path), cache.path)
+    return scores
+
+
+def _evaluate_parts(
+    path: str, cache: ResultCache, settings: Mapping[str, str], evaluate: Callable, refresh: bool
+) -> dict[str, Any]:
+    found = {} if refresh else {part: cache.get(path, key) for part, key in settings.items()}
+    found = {part: result for part, result in found.items() if result is not None}
+    missing = [part for part in settings if part not in found]
+    if missing:
+        new = evaluate(path, missing)
+        for part in missing:
+            cache.put(path, settings[part], new[part])
+        found.update(new)
+    else:
+        log.info("%s: results from %s", os.path.basename(path), cache.path)
+    return {part: found[part] for part in settings}
 
 
 def best_steps(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> dict[str, dict]:
@@ -151,12 +188,23 @@ def format_steps(
     return "\n".join([line(header), rule, *map(line, cells), rule, line(best_row)])
 
 
-def report_steps(title: str, rows: Sequence[Mapping[str, Any]], path: str, digits: int = 2, **fields: Any) -> dict:
-    """Print ``title`` and the step table, write the summary (``fields``, metrics, steps, best) to ``path``."""
-    metrics = list(rows[0]["scores"])
+def report_steps(
+    title: str,
+    rows: Sequence[Mapping[str, Any]],
+    path: str | None,
+    digits: int = 2,
+    metrics: Sequence[str] | None = None,
+    **fields: Any,
+) -> dict:
+    """Print ``title`` and the step table; write the summary (``fields``, metrics, steps, best) to ``path``.
+
+    ``metrics`` default: the first row's score names. ``path`` None: the summary is only returned.
+    """
+    metrics = list(metrics if metrics is not None else rows[0]["scores"])
     print(f"\n{title}")
     print(format_steps(rows, metrics, digits=digits))
     summary = {**fields, "metrics": metrics, "steps": list(rows), "best": best_steps(rows, metrics)}
-    atomic_write_bytes(path, json.dumps(summary, indent=2).encode())
-    print(f"\nper-step results: {path}")
+    if path is not None:
+        atomic_write_bytes(path, json.dumps(summary, indent=2).encode())
+        print(f"\nper-step results: {path}")
     return summary

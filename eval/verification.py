@@ -5,17 +5,19 @@ ContraFace): squared L2 distance between the two embeddings of a pair, best thre
 training folds, accuracy on the held-out fold, VAL@FAR=1e-3 by interpolating the training FAR curve.
 Differences from it:
 
-* ``load_bin`` uses a restricted unpickler (a downloaded .bin must never run code), returns uint8.
+* ``load_bin`` uses a restricted unpickler (utils.safe_pickle: a downloaded .bin must never run
+  code) and returns uint8 images; ``load_pairs`` gives them without the mirrored copy.
 * the FAR->threshold interpolation does not crash on repeated FAR values (interpolate_threshold).
 * ``calculate_roc`` / ``calculate_val`` count with ``np.searchsorted``, not a loop over thresholds.
-* ``test`` computes acc1 (without flip) for real and handles a last partial batch of any size.
+* embedding goes through eval.embedder (the one path of every evaluation: flip test, AMP policy);
+  ``verify`` embeds a set and ``verify_embeddings`` scores it, for the training callback,
+  eval.evaluation and ``test`` alike. ``test`` computes acc1 (without flip) for real and handles
+  a last partial batch of any size.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import pickle
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, Sequence
 
@@ -27,16 +29,20 @@ from sklearn.decomposition import PCA
 from sklearn.model_selection import KFold
 from tqdm import tqdm
 
-from eval.embedder import normalise
+from eval.embedder import EmbedFn, Embedder, embed_faces
+from utils import safe_pickle
 from utils.errors import UserError
 
 __all__ = [
     "BinFileError",
     "load_bin",
+    "load_pairs",
     "evaluate",
     "calculate_roc",
     "calculate_val",
     "interpolate_threshold",
+    "verify",
+    "verify_embeddings",
     "test",
 ]
 
@@ -48,171 +54,15 @@ class BinFileError(UserError, ValueError):
 
 
 # --------------------------------------------------------------------------------------------------
-# Restricted unpickling
-#
-# A .bin is a pickle of (list of encoded images, list of bool). Besides the builtin opcodes it may
-# need a few globals, each replaced here by a harmless stand-in that validates its arguments:
-#   _codecs.encode        Python 3 writes bytes this way with protocol <= 2 (text, 'latin1').
-#   numpy arrays          insightface's cfp_fp/agedb scripts stored cv2.imencode() results (uint8
-#                         ndarrays) as images; issame may be a bool ndarray or numpy bools. Only the
-#                         dtypes uint8 and bool are accepted, and no numpy code sees the raw state:
-#                         the stand-ins rebuild arrays with np.frombuffer.
-# Every other global (os.system, builtins.eval, ...) is refused before anything is called, and the
-# stand-ins are wrapped so that a BUILD opcode cannot set attributes on them.
+# Loading
 # --------------------------------------------------------------------------------------------------
-
-_NUMPY_MULTIARRAY = ("numpy.core.multiarray", "numpy._core.multiarray")
-_NUMPY_NUMERIC = ("numpy.core.numeric", "numpy._core.numeric")
-_ALLOWED_DTYPES = {"b1": np.dtype(bool), "?": np.dtype(bool), "u1": np.dtype(np.uint8)}
-
-
-def _text(value: Any) -> str:
-    """A str from a pickled str or (Python 2 str read with encoding='bytes') bytes."""
-    if isinstance(value, bytes):
-        return value.decode("latin-1")
-    if isinstance(value, str):
-        return value
-    raise pickle.UnpicklingError(f"expected a string, got {type(value).__name__}")
-
-
-def _raw_bytes(value: Any) -> bytes:
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    if isinstance(value, str):  # Python 2 str loaded as text
-        return value.encode("latin-1")
-    raise pickle.UnpicklingError(f"expected array data as bytes, got {type(value).__name__}")
-
-
-def _safe_codecs_encode(text: Any, encoding: Any = "utf-8", errors: Any = "strict") -> bytes:
-    if not isinstance(text, str) or _text(encoding).lower() not in ("latin1", "latin-1"):
-        raise pickle.UnpicklingError("_codecs.encode is only allowed as (str, 'latin1')")
-    return text.encode("latin-1")
-
-
-class _DtypeStandIn:
-    """A pickled numpy dtype, restricted to bool and uint8."""
-
-    def __init__(self, descr: Any, align: Any = 0, copy: Any = 0) -> None:
-        name = _text(descr)
-        if name not in _ALLOWED_DTYPES:
-            raise pickle.UnpicklingError(f"numpy dtype {name!r} is not allowed (only bool, uint8)")
-        self.dtype = _ALLOWED_DTYPES[name]
-
-    def __setstate__(self, state: Any) -> None:
-        # (version, byteorder, subdtype, names, fields, elsize, alignment, flags): one-byte types
-        # have byteorder '|' and no fields; anything else is not a plain bool/uint8 dtype.
-        if not isinstance(state, tuple) or len(state) < 5:
-            raise pickle.UnpicklingError("malformed numpy dtype state")
-        if _text(state[1]) not in ("|", "=") or any(s is not None for s in state[2:5]):
-            raise pickle.UnpicklingError("numpy dtype state describes a non-plain dtype")
-
-
-def _dtype_of(value: Any) -> np.dtype:
-    if not isinstance(value, _DtypeStandIn):
-        raise pickle.UnpicklingError("numpy array without a pickled dtype")
-    return value.dtype
-
-
-def _shape_of(value: Any) -> tuple[int, ...]:
-    if not isinstance(value, tuple) or not all(isinstance(d, int) and d >= 0 for d in value):
-        raise pickle.UnpicklingError(f"malformed numpy shape {value!r}")
-    return value
-
-
-def _array_from_bytes(raw: Any, dtype: np.dtype, shape: tuple[int, ...],
-                      fortran: bool) -> np.ndarray:
-    raw = _raw_bytes(raw)
-    if len(raw) != math.prod(shape) * dtype.itemsize:
-        raise pickle.UnpicklingError(f"numpy array data has {len(raw)} bytes for shape {shape}")
-    flat = np.frombuffer(raw, dtype=np.uint8)
-    flat = flat != 0 if dtype == np.dtype(bool) else flat.copy()
-    return flat.reshape(shape, order="F" if fortran else "C")
-
-
-class _ArrayStandIn:
-    """Result of numpy's _reconstruct; filled by BUILD (__setstate__) with validated state."""
-
-    value: np.ndarray | None = None
-
-    def __setstate__(self, state: Any) -> None:
-        if not isinstance(state, tuple) or len(state) not in (4, 5):
-            raise pickle.UnpicklingError("malformed numpy array state")
-        shape, dtype, fortran, raw = state[-4:]
-        self.value = _array_from_bytes(raw, _dtype_of(dtype), _shape_of(shape), bool(fortran))
-
-
-def _refuse_ndarray_call(*args: Any) -> None:
-    raise pickle.UnpicklingError("numpy.ndarray may only appear as an argument of _reconstruct")
-
-
-class _Guarded:
-    """An allowed global as the unpickler hands it out: callable, but immune to BUILD/setattr."""
-
-    __slots__ = ("_fn",)
-
-    def __init__(self, fn: Any) -> None:
-        object.__setattr__(self, "_fn", fn)
-
-    def __call__(self, *args: Any) -> Any:
-        return self._fn(*args)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise pickle.UnpicklingError("allowed globals cannot be modified")
-
-    def __setstate__(self, state: Any) -> None:
-        raise pickle.UnpicklingError("allowed globals cannot be modified")
-
-
-_NDARRAY = _Guarded(_refuse_ndarray_call)  # stands for numpy.ndarray, only valid in _reconstruct
-
-
-def _safe_reconstruct(cls: Any, shape: Any, typecode: Any) -> _ArrayStandIn:
-    if cls is not _NDARRAY:
-        raise pickle.UnpicklingError("numpy _reconstruct is only allowed for numpy.ndarray")
-    return _ArrayStandIn()
-
-
-def _safe_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any = "C") -> _ArrayStandIn:
-    # numpy's protocol-5 form: (buffer, dtype, shape, order)
-    out = _ArrayStandIn()
-    out.value = _array_from_bytes(buf, _dtype_of(dtype), _shape_of(shape), _text(order) == "F")
-    return out
-
-
-def _safe_scalar(dtype: Any, raw: Any = b"") -> np.bool_:
-    if _dtype_of(dtype) != np.dtype(bool):
-        raise pickle.UnpicklingError("only numpy bool scalars are allowed")
-    return np.bool_(_array_from_bytes(raw, np.dtype(bool), (), False)[()])
-
-
-_SAFE_GLOBALS: dict[tuple[str, str], _Guarded] = {
-    ("_codecs", "encode"): _Guarded(_safe_codecs_encode),
-    ("numpy", "ndarray"): _NDARRAY,
-    ("numpy", "dtype"): _Guarded(_DtypeStandIn),
-}
-for _module in _NUMPY_MULTIARRAY:
-    _SAFE_GLOBALS[(_module, "_reconstruct")] = _Guarded(_safe_reconstruct)
-    _SAFE_GLOBALS[(_module, "scalar")] = _Guarded(_safe_scalar)
-for _module in _NUMPY_NUMERIC:
-    _SAFE_GLOBALS[(_module, "_frombuffer")] = _Guarded(_safe_frombuffer)
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _SAFE_GLOBALS[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(
-                f"refusing to load global '{module}.{name}' (a verification .bin holds only "
-                "encoded images and booleans; this file would call code)") from None
-
 
 def _unpickle_bin(path: str) -> tuple[list[bytes], list[bool]]:
     """Safely unpickle a .bin and normalise it to (list of encoded image bytes, list of bool)."""
     try:
         with open(path, "rb") as f:
             # encoding='bytes': Python 2 str (the public files) must stay raw JPEG bytes.
-            obj = _RestrictedUnpickler(f, encoding="bytes").load()
+            obj = safe_pickle.load(f, encoding="bytes")
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
     except Exception as e:  # any unpickling failure: corrupt, truncated, or refused
@@ -224,8 +74,6 @@ def _unpickle_bin(path: str) -> tuple[list[bytes], list[bool]]:
         raise BinFileError(f"{path}: expected a pickled pair (images, issame), got "
                            f"{type(obj).__name__}{length}")
     bins, issame = obj
-    if isinstance(issame, _ArrayStandIn):
-        issame = issame.value
     if not isinstance(bins, (list, tuple)) or not isinstance(issame, (list, tuple, np.ndarray)):
         raise BinFileError(f"{path}: expected (list of images, list of bool), got "
                            f"({type(bins).__name__}, {type(issame).__name__})")
@@ -237,9 +85,8 @@ def _unpickle_bin(path: str) -> tuple[list[bytes], list[bool]]:
                            f"(need exactly 2 images per pair)")
     images = []
     for idx, item in enumerate(bins):
-        if isinstance(item, _ArrayStandIn) and item.value is not None \
-                and item.value.dtype == np.uint8:
-            item = item.value.tobytes()  # cv2.imencode output stored as an ndarray
+        if isinstance(item, np.ndarray) and item.dtype == np.uint8:
+            item = item.tobytes()  # cv2.imencode output stored as an ndarray
         if not isinstance(item, (bytes, bytearray)):
             raise BinFileError(
                 f"{path}: image {idx} is {_describe(item)}, expected encoded image bytes")
@@ -255,10 +102,8 @@ def _unpickle_bin(path: str) -> tuple[list[bytes], list[bool]]:
 
 
 def _describe(item: Any) -> str:
-    if isinstance(item, _ArrayStandIn):
-        if item.value is None:
-            return "an unfilled numpy array"
-        return f"a numpy {item.value.dtype} array"
+    if isinstance(item, np.ndarray):
+        return f"a numpy {item.dtype} array"
     return f"a {type(item).__name__} ({item!r:.40})"
 
 
@@ -280,10 +125,9 @@ def _decode(path: str, idx: int, raw: bytes, image_size: tuple[int, int]) -> np.
     return img
 
 
-def load_bin(path: str | os.PathLike, image_size: Sequence[int] = (112, 112), *,
-             progress: bool = False, workers: int | None = None
-             ) -> tuple[list[torch.Tensor], list[bool]]:
-    """Load a verification .bin as ([images, flipped images] uint8 (2P,3,H,W) RGB, issame list)."""
+def load_pairs(path: str | os.PathLike, image_size: Sequence[int] = (112, 112), *,
+               progress: bool = False, workers: int | None = None) -> tuple[torch.Tensor, list[bool]]:
+    """Load a verification .bin as (uint8 (2P, 3, H, W) RGB images, issame list of P bools)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"verification bin not found: {path}")
@@ -301,8 +145,19 @@ def load_bin(path: str | os.PathLike, image_size: Sequence[int] = (112, 112), *,
         for _ in tqdm(pool.map(decode_into, range(len(bins))), total=len(bins),
                       desc=f"loading {os.path.basename(path)}", disable=not progress):
             pass
-    tensor = torch.from_numpy(images)
-    return [tensor, torch.flip(tensor, dims=[3])], issame
+    return torch.from_numpy(images), issame
+
+
+def load_bin(path: str | os.PathLike, image_size: Sequence[int] = (112, 112), *,
+             progress: bool = False, workers: int | None = None
+             ) -> tuple[list[torch.Tensor], list[bool]]:
+    """Load a verification .bin as ([images, flipped images] uint8 (2P,3,H,W) RGB, issame list).
+
+    insightface's layout. The evaluation itself mirrors batch by batch (eval.embedder.mirror):
+    :func:`load_pairs` gives the same set without the mirrored copy (half the memory).
+    """
+    images, issame = load_pairs(path, image_size, progress=progress, workers=workers)
+    return [images, torch.flip(images, dims=[3])], issame
 
 
 # --------------------------------------------------------------------------------------------------
@@ -451,8 +306,47 @@ def evaluate(embeddings: np.ndarray, actual_issame: Sequence[bool], nrof_folds: 
 
 
 # --------------------------------------------------------------------------------------------------
-# Embedding a set with a backbone
+# Embedding and scoring a set
 # --------------------------------------------------------------------------------------------------
+
+def verify_embeddings(embeddings_list: Sequence[np.ndarray], issame: Sequence[bool],
+                      nfolds: int = 10) -> dict[str, float]:
+    """Metrics of [embeddings, mirrored embeddings]: acc1/std1 (no flip), acc2/std2 (flip), xnorm.
+
+    insightface's arithmetic: the embeddings in float64, acc2 on the L2-normalised float64 sum of
+    the two, xnorm the mean norm of all raw embeddings.
+    """
+    embeddings_list = [np.asarray(e, dtype=np.float64) for e in embeddings_list]
+    if len(embeddings_list) != 2:
+        raise ValueError(f"verify_embeddings: expected [embeddings, mirrored embeddings], got "
+                         f"{len(embeddings_list)} arrays")
+    xnorm = float(np.mean(np.concatenate([np.linalg.norm(e, axis=1) for e in embeddings_list])))
+    plain = sklearn.preprocessing.normalize(embeddings_list[0])
+    _, _, accuracy, _, _, _ = evaluate(plain, issame, nrof_folds=nfolds)
+    acc1, std1 = float(np.mean(accuracy)), float(np.std(accuracy))
+    flip = sklearn.preprocessing.normalize(embeddings_list[0] + embeddings_list[1])
+    _, _, accuracy, _, _, _ = evaluate(flip, issame, nrof_folds=nfolds)
+    acc2, std2 = float(np.mean(accuracy)), float(np.std(accuracy))
+    return {"acc1": acc1, "std1": std1, "acc2": acc2, "std2": std2, "xnorm": xnorm}
+
+
+def verify(embed: EmbedFn, images: torch.Tensor, issame: Sequence[bool], nfolds: int = 10,
+           batch_size: int = 128, progress: bool = False
+           ) -> tuple[dict[str, float], list[np.ndarray]]:
+    """Embed one set (``load_pairs``' images) with the flip test and score it.
+
+    Returns (:func:`verify_embeddings`' metrics, [embeddings, mirrored embeddings] float32).
+    Plain slices of ``batch_size``: a short last batch is simply smaller (insightface re-used the
+    tail of the previous batch, which breaks when the set is smaller than one batch).
+    """
+    if batch_size < 1:
+        raise ValueError(f"verify: batch_size must be >= 1, got {batch_size}")
+    if len(images) == 0:
+        raise ValueError("verify: the verification set holds no images")
+    embs, embs_flip = embed_faces(embed, images.split(batch_size), len(images), flip=True,
+                                  desc="embedding" if progress else None)
+    return verify_embeddings([embs, embs_flip], issame, nfolds), [embs, embs_flip]
+
 
 def _module_device(module: torch.nn.Module) -> torch.device:
     for tensor in module.parameters():
@@ -462,27 +356,15 @@ def _module_device(module: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-@torch.inference_mode()
-def _embed(data: torch.Tensor, backbone: torch.nn.Module, batch_size: int, device: torch.device,
-           amp: bool, desc: str, progress: bool) -> np.ndarray:
-    """Embeddings (float64, as insightface) of every image of ``data`` (N,3,H,W), in batches."""
-    embeddings = None
-    # bf16 is the autocast type CPUs support; fp16 on GPUs, as insightface's fp16 training
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    starts = range(0, data.shape[0], batch_size)
-    for start in tqdm(starts, desc=desc, leave=False, disable=not progress):
-        # plain slicing: a short last batch is simply smaller (insightface re-used the tail of the
-        # previous batch, which breaks when the set is smaller than one batch)
-        img = normalise(data[start:start + batch_size].to(device))
-        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp):
-            out = backbone(img)
-        out = out.float().cpu().numpy()
-        if embeddings is None:
-            embeddings = np.zeros((data.shape[0], out.shape[1]))
-        embeddings[start:start + out.shape[0]] = out
-    if embeddings is None:
-        raise ValueError("test: the verification set holds no images")
-    return embeddings
+def _uint8_images(data: torch.Tensor) -> torch.Tensor:
+    """uint8 images; insightface's float32 tensors of 0-255 pixels are converted (exactly)."""
+    if data.dtype == torch.uint8:
+        return data
+    pixels = data.to(torch.uint8)
+    if not data.is_floating_point() or not torch.equal(pixels.to(data.dtype), data):
+        raise TypeError(f"test: expected uint8 images (or insightface's float tensors of 0-255 "
+                        f"integer pixel values), got {data.dtype} images that are neither")
+    return pixels
 
 
 def test(data_set: tuple[Sequence[torch.Tensor], Sequence[bool]], backbone: torch.nn.Module,
@@ -493,7 +375,10 @@ def test(data_set: tuple[Sequence[torch.Tensor], Sequence[bool]], backbone: torc
 
     acc1/std1 use the embeddings of the images, acc2/std2 the sum of the embeddings of an image and
     of its mirror (insightface's reported "Accuracy-Flip"); xnorm is the mean norm of all raw
-    embeddings. The backbone is put in eval mode and given back in the mode it came in.
+    embeddings (float64, as insightface). ``data_set`` is load_bin's ([images, mirrored images],
+    issame); the mirrors are made batch by batch by the embedder (the one flip test), so the
+    second tensor is not read. The backbone runs in eval mode and is given back in the mode it
+    came in. ``amp``: eval.embedder's policy (CUDA only).
     """
     data_list, issame_list = data_set
     if len(data_list) != 2:
@@ -501,23 +386,11 @@ def test(data_set: tuple[Sequence[torch.Tensor], Sequence[bool]], backbone: torc
     if batch_size < 1:
         raise ValueError(f"test: batch_size must be >= 1, got {batch_size}")
     device = torch.device(device) if device is not None else _module_device(backbone)
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        embeddings_list = [_embed(data, backbone, batch_size, device, amp,
-                                  f"embedding {name}", progress)
-                           for name, data in zip(("images", "flipped"), data_list)]
-    finally:
-        backbone.train(was_training)
-
-    xnorm = float(np.mean(np.concatenate([np.linalg.norm(e, axis=1) for e in embeddings_list])))
-    embeddings = sklearn.preprocessing.normalize(embeddings_list[0])
-    _, _, accuracy, _, _, _ = evaluate(embeddings, issame_list, nrof_folds=nfolds)
-    acc1, std1 = float(np.mean(accuracy)), float(np.std(accuracy))
-    embeddings = sklearn.preprocessing.normalize(embeddings_list[0] + embeddings_list[1])
-    _, _, accuracy, _, _, _ = evaluate(embeddings, issame_list, nrof_folds=nfolds)
-    acc2, std2 = float(np.mean(accuracy)), float(np.std(accuracy))
-    return acc1, std1, acc2, std2, xnorm, embeddings_list
+    embedder = Embedder.from_module(backbone, device=device, batch_size=batch_size, amp=amp)
+    metrics, embeddings_list = verify(embedder, _uint8_images(data_list[0]), issame_list, nfolds,
+                                      batch_size, progress)
+    return (metrics["acc1"], metrics["std1"], metrics["acc2"], metrics["std2"], metrics["xnorm"],
+            [e.astype(np.float64) for e in embeddings_list])
 
 
 test.__test__ = False  # a library function named test: keep pytest from collecting it when imported

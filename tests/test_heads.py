@@ -10,9 +10,8 @@ from torch import nn
 from torch.func import functional_call
 
 from losses import HEADS, get_head
+from losses.heads import HEAD_PARAMS, head_params
 from methods import ContraFaceTraining, SingleBranch
-from losses.heads import HEAD_PARAMS
-from losses.heads import head_params
 from runs import ToyBackbone
 from train import load_training_config as load_config
 from utils.errors import ConfigError

@@ -481,7 +481,7 @@ def test_cli_main_with_a_checkpoint(synth, tmp_path, tiny_backbone, capsys):
 # ---------------------------------------------------------------------------------------------
 # official devkit runner (a stand-in devkit: the real one is closed Linux binaries)
 
-FAKE_RUN_EXPERIMENT = r'''
+FAKE_RUN_EXPERIMENT = r"""
 import json, os, sys
 out_root = sys.argv[4]
 sizes = [int(s) for s in sys.argv[sys.argv.index("-s") + 1:sys.argv.index("-p")]]
@@ -493,7 +493,7 @@ for s in sizes:
     with open(os.path.join(out_root, "cmc_facescrub_megaface_%s_%d_1.json" % (alg, s)), "w") as f:
         json.dump({"cmc": [[0, 1, 2], [0.5 + s / 1000.0, 0.8, 0.9]],
                    "roc": [[1e-6, 1e-3], [0.4, 0.9]]}, f)
-'''
+"""
 
 
 def _fake_devkit(root, executable=True):

@@ -7,7 +7,6 @@ import pytest
 import torch
 from easydict import EasyDict as edict
 
-
 from backbones import get_backbone
 from losses import get_head
 from methods import METHODS, ContraFaceTraining, TrainingMethod, build_method

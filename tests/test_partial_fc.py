@@ -19,11 +19,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from losses import HEADS, PartialFC, get_head
-from methods import SingleBranch
 from losses.partial_fc import class_split
+from methods import SingleBranch
+from methods.sharded_state import checkpoint_centers, sharded_parameter_names
 from runs import ROOT
 from training import checkpoints
-from methods.sharded_state import checkpoint_centers, sharded_parameter_names
 
 D, C, N_LOCAL, WORLD = 8, 5, 4, 2  # 5 classes on 2 ranks: [0, 3) and [3, 5)
 SEED = 1234

@@ -98,7 +98,7 @@ def test_pair_layout_matches_kfold_splits():
 
 
 def test_evaluation_identities_are_held_out():
-    train_ids = set(range(0, 50))
+    train_ids = set(range(50))
     eval_ids = range(50, 80)
     for name in BINS:
         plans = ms.plan_pairs(0, name, eval_ids, 100)

@@ -38,7 +38,6 @@ from utils.fileio import atomic_path, atomic_write_bytes, refuse_overwrite
 from utils.images import ENCODINGS, encode_face
 from utils.recordio import IRHeader, MXIndexedRecordIO, pack
 
-
 logger = logging.getLogger(__name__)
 
 

@@ -27,9 +27,9 @@ from typing import BinaryIO, Sequence
 from tqdm import tqdm
 
 from utils.cli import run_cli
+from utils.errors import UserError
 from utils.fileio import atomic_path, refuse_overwrite
 from utils.images import encode_face
-from utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class PairsFormatError(UserError, ValueError):
 # --------------------------------------------------------------------------------------------------
 
 def _lines(path: str) -> list[tuple[int, list[str]]]:
-    with open(path, "r", encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
         return [(no, line.split()) for no, line in enumerate(f, start=1) if line.strip()]
 
 

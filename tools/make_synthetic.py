@@ -36,8 +36,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from tools.make_bin import write_bin
 from tools import synthetic_faces as sf
+from tools.make_bin import write_bin
 from utils.cli import run_cli
 from utils.fileio import atomic_path, atomic_write_bytes, refuse_overwrite
 from utils.recordio import IRHeader, MXIndexedRecordIO, pack

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from utils.cli import UsageError, run_cli
-from utils.fileio import atomic_path, refuse_overwrite
 from utils.errors import UserError
+from utils.fileio import atomic_path, refuse_overwrite
 
 __all__ = ["LogFormatError", "RunCurves", "parse_log", "read_log", "plot_runs", "main"]
 

@@ -6,6 +6,7 @@ The file names themselves are ``utils/run_files.py``'s (the evaluators read them
 from __future__ import annotations
 
 import os
+
 from torch import nn
 
 from training import checkpoints

@@ -167,7 +167,7 @@ def extract_backbone_state(
 
 
 def _drop_prefix(key: str, prefix: str) -> str:
-    return key[len(prefix):] if key.startswith(prefix) else key
+    return key.removeprefix(prefix)
 
 
 def _layer_blocks(keys) -> tuple[int, ...] | None:

@@ -17,16 +17,11 @@ from __future__ import annotations
 
 import csv
 import os
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
-from eval.alignment import norm_crop
+from eval.faces import AlignedFaces
 from utils.errors import UserError
 
 TARGETS = ("IJBC", "IJBB")
@@ -245,59 +240,10 @@ def load_meta_1n(paths: IJBPaths) -> IJB1NMeta:
     return IJB1NMeta(galleries, read_template_subject_id_list(paths.probe_mixed))
 
 
-class IJBAlignedFaces(Dataset):
-    """Reads ``loose_crop`` images and aligns them with their 5 points.
-
-    Item ``i`` is the aligned face as a (3, S, S) uint8 RGB tensor. The mirrored view for the
-    flip test is made on the whole batch by the caller (``torch.flip(batch, [3])``): identical
-    pixels, half the inter-process traffic.
-    """
+class IJBAlignedFaces(AlignedFaces):
+    """The ``loose_crop`` images of a release aligned with their 5 points (eval.faces reads them)."""
 
     def __init__(self, image_dir: str, names, landmarks, image_size: int = 112):
         if len(names) != len(landmarks):
             raise ValueError(f"{len(names)} names but {len(landmarks)} landmark sets")
-        self.image_dir = image_dir
-        self.names = list(names)
-        self.landmarks = np.asarray(landmarks, np.float32).reshape(-1, 5, 2)
-        self.image_size = image_size
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        path = os.path.join(self.image_dir, self.names[index])
-        img = cv2.imread(path, cv2.IMREAD_COLOR)
-        if img is None:
-            reason = "missing" if not os.path.exists(path) else "not a readable image"
-            raise FileNotFoundError(f"IJB image {path} is {reason} (row {index + 1} of the list)")
-        crop = norm_crop(img, self.landmarks[index], self.image_size)
-        rgb = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
-        return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
-
-
-def iter_batches(dataset: IJBAlignedFaces, batch_size: int, num_workers: int, pin_memory: bool = False):
-    """The dataset's items stacked in batches, in order, read by ``num_workers`` threads ahead.
-
-    Threads, not processes: cv2.imread and the alignment's warpAffine release the GIL, so the
-    threads decode in parallel while the caller embeds the previous batch, with no worker start-up
-    (a spawned process imports torch: seconds) and no copies between processes. ``num_workers=0``
-    reads in the caller's thread. Each batch is read by one thread, so the order of the items and
-    the pixels are the same as a sequential read.
-    """
-    starts = range(0, len(dataset), batch_size)
-
-    def read(start: int) -> torch.Tensor:
-        batch = torch.stack([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        return batch.pin_memory() if pin_memory else batch
-
-    if num_workers <= 0:
-        yield from map(read, starts)
-        return
-    with ThreadPoolExecutor(num_workers) as pool:
-        pending: deque = deque()
-        for start in starts:
-            pending.append(pool.submit(read, start))
-            if len(pending) > 2 * num_workers:  # bounded read-ahead: memory stays a few batches
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+        super().__init__([os.path.join(image_dir, name) for name in names], landmarks, image_size)

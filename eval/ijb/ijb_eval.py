@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -27,14 +26,14 @@ import time
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from eval.ijb import metrics, report
-from eval.ijb.data import IJBAlignedFaces, IJBMeta, iter_batches, load_meta, load_meta_1n
-from eval.steps import ResultCache, evaluate_steps, file_stamps, report_steps, settings_key
-from utils.run_files import require_step_weights
+from eval.faces import iter_batches
+from eval.ijb.data import IJBAlignedFaces, IJBMeta, load_meta, load_meta_1n
+from eval.steps import ResultCache, evaluate_steps, file_stamp, report_steps, settings_key
 from utils.cli import run_cli
 from utils.fileio import atomic_path, refuse_overwrite
+from utils.run_files import require_step_weights
 
 log = logging.getLogger("eval.ijb")
 
@@ -100,23 +99,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def feature_cache_key(args: argparse.Namespace, meta: IJBMeta) -> tuple[str, dict]:
     """Hash of what determines the image features: weights file, network, image list, AMP."""
     weights = os.path.abspath(args.weights)
-    st = os.stat(weights)
-    lst = os.stat(meta.paths.name_5pts_score)
     info = {
         "weights": weights,
-        "weights_size": st.st_size,
-        "weights_mtime_ns": st.st_mtime_ns,
+        "weights_stamp": file_stamp(weights),
         "network": args.network,
         "width": args.width,
         "amp": args.amp,
         "target": meta.paths.target,
         "image_list": os.path.abspath(meta.paths.name_5pts_score),
-        "image_list_size": lst.st_size,
-        "image_list_mtime_ns": lst.st_mtime_ns,
+        "image_list_stamp": file_stamp(meta.paths.name_5pts_score),
         "image_size": 112,
     }
-    key = hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:16]
-    return key, info
+    return settings_key(info), info
 
 
 def extract_features(
@@ -124,23 +118,14 @@ def extract_features(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings of every aligned face and of its mirror image, float32 (N, D) each.
 
-    ``num_workers`` threads read and align the images (eval.ijb.data.iter_batches) while the
-    embedder runs the previous batch on its device.
+    ``num_workers`` threads read and align the images (eval.faces.iter_batches) while the
+    embedder runs the previous batch on its device (eval.embedder.embed_faces: the flip test).
     """
+    from eval.embedder import embed_faces  # imported here: importing eval.ijb must stay light
+
     device = getattr(embedder, "device", torch.device("cpu"))
     batches = iter_batches(dataset, batch_size, num_workers, pin_memory=torch.device(device).type == "cuda")
-    embs = embs_flip = None
-    start = 0
-    for batch in tqdm(batches, desc="IJB features", unit="batch", total=-(-len(dataset) // batch_size)):
-        e = embedder(batch)
-        ef = embedder(torch.flip(batch, dims=[3]))  # horizontal mirror of NCHW
-        if embs is None:
-            embs = np.empty((len(dataset), e.shape[1]), np.float32)
-            embs_flip = np.empty_like(embs)
-        embs[start : start + len(e)] = e
-        embs_flip[start : start + len(e)] = ef
-        start += len(e)
-    return embs, embs_flip
+    return embed_faces(embedder, batches, len(dataset), flip=True, desc="IJB features")
 
 
 def load_embedder(args: argparse.Namespace):
@@ -327,7 +312,8 @@ def evaluate_run_folder(args: argparse.Namespace) -> dict:
     files = [meta.paths.name_5pts_score, meta.paths.pair_label]
     settings = settings_key({
         "target": target, "mode": args.mode, "test_modes": args.test_modes, "network": args.network,
-        "width": args.width, "amp": args.amp, "data": file_stamps(files),
+        "width": args.width, "amp": args.amp,
+        "data": [{"path": os.path.abspath(f), **file_stamp(f)} for f in files],
     })
     os.makedirs(args.output, exist_ok=True)
     cache = ResultCache(os.path.join(args.output, f"{target}_steps_cache.json"))
@@ -378,8 +364,7 @@ def evaluate_file(args: argparse.Namespace) -> dict:
     }
     if args.mode in ("1v1", "both"):
         # scores also depend on the pair list
-        st = os.stat(meta.paths.pair_label)
-        pairs_key = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:8]
+        pairs_key = settings_key(file_stamp(meta.paths.pair_label))[:8]
         score_path = feat_path.replace("_features_", "_scores_")
         score_path = score_path.replace(".npz", f"_{pairs_key}.npz")
         scores = scores_1v1(args, meta, embs, embs_flip, score_path)

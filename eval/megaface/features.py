@@ -6,6 +6,10 @@ little-endian int32 ``(rows, cols, element size in bytes, OpenCV type)`` followe
 float32 values, row-major. A feature of dimension D is stored as a column vector:
 header ``(D, 1, 4, 5)`` (5 = ``CV_32FC1``), then D float32.
 
+Extraction reads and aligns the images with eval.faces (threads ahead of the embedder) and embeds
+them with eval.embedder's flip test; a feature is gen_megaface.py's: the L2-normalised float32 sum
+of the embeddings of the image and of its mirror (the image's alone with ``flip=False``).
+
 Feature trees mirror the image trees: the feature of ``<root>/<rel path>`` is
 ``<feature root>/<rel path>_<algo>.bin``
 (e.g. ``facescrub/Aaron_Eckhart/Aaron_Eckhart_136.png_r100.bin``), which is how the devkit's
@@ -23,10 +27,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from eval.faces import AlignedFaces, iter_batches, read_face
 
 from .lists import MegaFaceError
 
@@ -37,9 +42,9 @@ CV_32F = 5  # OpenCV type code of CV_32FC1
 FLOAT_SIZE = 4
 _READ_CHUNK = 1024
 
-# An embedder maps (N, 112, 112, 3) RGB uint8 crops to (N, D) float32 embeddings
-# (eval.embedder.Embedder is one).
-EmbedFn = Callable[[np.ndarray], np.ndarray]
+# An embedder maps (N, 3, 112, 112) RGB uint8 crops to (N, D) float32 embeddings
+# (eval.embedder.Embedder is one; eval.embedder.EmbedFn, not imported: it loads the networks).
+EmbedFn = Callable[[torch.Tensor], np.ndarray]
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,47 +183,32 @@ def read_landmarks_json(path: str) -> np.ndarray:
     return np.asarray(pts, dtype=np.float32)
 
 
+def _landmark_file(image_path: str) -> str:
+    return image_path + ".json"
+
+
+def _landmarks_beside(image_path: str) -> np.ndarray | None:
+    """The landmarks of ``<image>.json`` beside the image, or None (an aligned crop) without one."""
+    json_path = _landmark_file(image_path)
+    return read_landmarks_json(json_path) if os.path.exists(json_path) else None
+
+
 def load_face(image_path: str, image_size: int = 112) -> np.ndarray:
-    """An aligned ``image_size`` RGB uint8 crop of ``image_path``.
+    """An aligned ``image_size`` RGB uint8 crop (S, S, 3) of ``image_path``.
 
     With a landmark file ``<image_path>.json`` beside the image, the image is aligned with
     eval.alignment.norm_crop; without one it must already be an aligned crop of the right size
     (insightface's ``facescrub_images`` / ``megaface_images``).
     """
-    img = cv2.imread(image_path, cv2.IMREAD_COLOR)
-    if img is None:
-        raise MegaFaceError(f"{image_path}: cannot read the image (missing or not an image file)")
-    json_path = image_path + ".json"
-    if os.path.exists(json_path):
-        from eval.alignment import norm_crop
-
-        img = norm_crop(img, read_landmarks_json(json_path), image_size)
-    elif img.shape[:2] != (image_size, image_size):
-        raise MegaFaceError(
-            f"{image_path}: image is {img.shape[1]}x{img.shape[0]}, not an aligned {image_size}x"
-            f"{image_size} crop, and has no landmark file {json_path} to align it with"
-        )
-    return np.ascontiguousarray(img[:, :, ::-1])  # BGR -> RGB
+    return read_face(image_path, _landmarks_beside(image_path), image_size,
+                     no_landmarks=f"no landmark file {_landmark_file(image_path)} to align it with")
 
 
-class FaceImageDataset(torch.utils.data.Dataset):
-    """(aligned RGB uint8 crop as an HWC tensor, index) for each relative path under ``root``."""
-
-    def __init__(
-        self, root: str, rel_paths: Sequence[str], indices: Sequence[int], image_size: int = 112
-    ):
-        self.root = root
-        self.rel_paths = rel_paths
-        self.indices = list(indices)
-        self.image_size = image_size
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        index = self.indices[i]
-        img = load_face(os.path.join(self.root, self.rel_paths[index]), self.image_size)
-        return torch.from_numpy(img), index
+def face_images(root: str, rel_paths: Sequence[str], image_size: int = 112) -> AlignedFaces:
+    """The images ``root/<rel path>`` as eval.faces reads them, aligned as :func:`load_face` says."""
+    paths = [os.path.join(root, rel) for rel in rel_paths]
+    return AlignedFaces(paths, lambda i: _landmarks_beside(paths[i]), image_size,
+                        no_landmarks="no landmark file <image>.json beside it to align it with")
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,14 +220,6 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     """Rows divided by their L2 norm (zero rows stay zero, as sklearn.preprocessing.normalize)."""
     norm = np.linalg.norm(x, axis=1, keepdims=True)
     return (x / np.where(norm == 0, 1, norm)).astype(np.float32)
-
-
-def embed_batch(embed: EmbedFn, images: np.ndarray, flip: bool = True) -> np.ndarray:
-    """gen_megaface's feature: L2-normalise(embedding(image) [+ embedding(mirrored image)])."""
-    emb = np.asarray(embed(images), dtype=np.float32)
-    if flip:
-        emb = emb + np.asarray(embed(np.ascontiguousarray(images[:, :, ::-1])), dtype=np.float32)
-    return l2_normalize(emb)
 
 
 @dataclass
@@ -273,20 +255,23 @@ def extract_features(
                 desc, stats.total, stats.skipped, feature_root, stats.extracted)
     if not todo:
         return stats
-    loader = torch.utils.data.DataLoader(
-        FaceImageDataset(image_root, rel_paths, todo, image_size),
-        batch_size=batch_size, shuffle=False, num_workers=num_workers,
-    )
+    from eval.embedder import embed_batches  # here: importing eval.megaface loads no network code
+
+    faces = face_images(image_root, [rel_paths[i] for i in todo], image_size)
+    batches = iter_batches(faces, batch_size, num_workers)
     made: set[str] = set()
+    done = 0
     with tqdm(total=len(todo), desc=desc, unit="img") as bar:
-        for images, indices in loader:
-            feats = embed_batch(embed, images.numpy(), flip)
-            for index, feat in zip(indices.tolist(), feats):
+        for emb, emb_flip in embed_batches(embed, batches, flip):
+            # gen_megaface.py: the float32 sum of the two embeddings, L2-normalised
+            feats = l2_normalize(emb if emb_flip is None else emb + emb_flip)
+            for index, feat in zip(todo[done : done + len(feats)], feats):
                 path = feature_path(feature_root, rel_paths[index], algo)
                 folder = os.path.dirname(path)
                 if folder not in made:
                     os.makedirs(folder, exist_ok=True)
                     made.add(folder)
                 write_bin(path, feat)
-            bar.update(len(indices))
+            done += len(feats)
+            bar.update(len(feats))
     return stats

@@ -43,10 +43,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from eval.steps import ResultCache, evaluate_steps, file_stamps, report_steps, settings_key
-from utils.run_files import require_step_weights
+from eval.steps import ResultCache, evaluate_steps, file_stamp, report_steps, settings_key
 from utils.cli import run_cli
 from utils.fileio import atomic_write_bytes
+from utils.run_files import require_step_weights
 
 from . import devkit as devkit_mod
 from .features import EmbedFn, extract_features, load_features, write_features
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", help="cuda / cpu (default: cuda when available)")
     g.add_argument("--batch-size", type=int, default=128)
     g.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1),
-                   help="image-loading processes")
+                   help="threads reading and aligning images (0: in the main thread)")
     g.add_argument("--no-amp", action="store_true", help="fp32 on GPU (AMP is the default there)")
     g.add_argument("--no-flip", action="store_true",
                    help="no flip test (default: image + mirror, as gen_megaface.py)")
@@ -195,15 +195,15 @@ def _check_outputs(paths: Sequence[str], args: argparse.Namespace) -> None:
 
 
 def _feature_stamp(args: argparse.Namespace) -> dict:
+    """What made the features under one algo name: the weights file (and its version), the settings."""
     weights = os.path.abspath(args.weights) if args.weights else None
-    stat = os.stat(weights) if weights and os.path.exists(weights) else None
     return {
         "weights": weights,
-        "weights_size": stat.st_size if stat else None,
-        "weights_mtime": int(stat.st_mtime) if stat else None,
+        "weights_stamp": file_stamp(weights) if weights and os.path.exists(weights) else None,
         "network": args.network,
         "width": args.width,
         "flip": not args.no_flip,
+        "amp": not args.no_amp,  # AMP (on CUDA) changes the features too
     }
 
 
@@ -380,7 +380,7 @@ def run_folder(args: argparse.Namespace) -> dict:
         "sizes": cfg["sizes"], "fars": args.fars, "max_rank": args.max_rank, "flip": not args.no_flip,
         "network": args.network, "width": args.width, "distractor_set": args.distractor_set,
         "seed": args.seed, "roots": [os.path.abspath(args.facescrub_root), os.path.abspath(args.megaface_root)],
-        "lists": file_stamps(lists),
+        "lists": [{"path": os.path.abspath(p), **file_stamp(p)} for p in lists],
     })
     os.makedirs(args.output, exist_ok=True)
     cache = ResultCache(os.path.join(args.output, "megaface_steps_cache.json"))
