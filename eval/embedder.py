@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from backbones import get_backbone
 from utils.checkpoint import (
@@ -32,14 +33,19 @@ from utils.checkpoint import (
     infer_network,
     load_state,
 )
+from utils.cpu_memory import keep_freed_memory
 from utils.loader import normalize_batch
 
 __all__ = [
+    "EmbedFn",
     "Embedder",
     "IMAGE_SIZE",
     "load_backbone",
     "default_device",
     "default_amp_dtype",
+    "embed_batches",
+    "embed_faces",
+    "mirror",
     "to_nchw_uint8",
 ]
 
@@ -63,10 +69,13 @@ def default_amp_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def to_nchw_uint8(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+def to_nchw_uint8(
+    images: np.ndarray | torch.Tensor, image_size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE)
+) -> torch.Tensor:
     """Check a uint8 image batch (NHWC numpy or NCHW tensor, either accepted) -> NCHW uint8 tensor.
 
-    The result may be a non-contiguous view; batches are made contiguous when they are sliced.
+    ``image_size`` (H, W) the crops must have. The result may be a non-contiguous view; batches
+    are made contiguous when they are sliced.
     """
     if isinstance(images, np.ndarray):
         if images.dtype != np.uint8:
@@ -96,16 +105,20 @@ def to_nchw_uint8(images: np.ndarray | torch.Tensor) -> torch.Tensor:
         )
     if tensor.shape[-1] == 3 and tensor.shape[1] != 3:
         tensor = tensor.permute(0, 3, 1, 2)
-    if tuple(tensor.shape[1:]) != (3, IMAGE_SIZE, IMAGE_SIZE):
+    height, width = image_size
+    if tuple(tensor.shape[1:]) != (3, height, width):
         raise ValueError(
-            f"Embedder: expected aligned {IMAGE_SIZE}x{IMAGE_SIZE} RGB crops, (N, 112, 112, 3) "
-            f"numpy or (N, 3, 112, 112) tensor, got shape {tuple(images.shape)}"
+            f"Embedder: expected aligned {width}x{height} RGB crops, (N, {height}, {width}, 3) "
+            f"numpy or (N, 3, {height}, {width}) tensor, got shape {tuple(images.shape)}"
         )
     return tensor
 
 
 class Embedder:
-    """Aligned 112x112 RGB uint8 face crops -> embeddings (not L2-normalised)."""
+    """Aligned 112x112 RGB uint8 face crops -> embeddings (not L2-normalised).
+
+    ``image_size`` (H, W): the crops' size, 112x112 unless a network was made for others.
+    """
 
     def __init__(
         self,
@@ -115,9 +128,11 @@ class Embedder:
         source: str,
         embedding_size: int | None = None,
         fixed_batch: int | None = None,
+        image_size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE),
     ):
         if batch_size < 1:
             raise ValueError(f"Embedder: batch_size must be >= 1, got {batch_size}")
+        self.image_size = (int(image_size[0]), int(image_size[1]))
         self._run_batch = run_batch
         self.device = device
         self.batch_size = fixed_batch or batch_size
@@ -155,6 +170,7 @@ class Embedder:
         device: str | torch.device | None = None,
         batch_size: int = 128,
         amp: bool | None = None,
+        image_size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE),
     ) -> "Embedder":
         """Wrap a backbone; device default: where its parameters are; amp default: on for CUDA."""
         if device is None:
@@ -185,7 +201,7 @@ class Embedder:
                 module.train(was_training)  # a callback may embed mid-training
             return out.float().cpu().numpy()
 
-        return cls(run_batch, device, batch_size, source=type(module).__name__)
+        return cls(run_batch, device, batch_size, source=type(module).__name__, image_size=image_size)
 
     @classmethod
     def from_onnx(
@@ -195,7 +211,10 @@ class Embedder:
         device: str | None = None,
         intra_op_threads: int | None = None,
     ) -> "Embedder":
-        """onnxruntime session; CUDAExecutionProvider when available and device is not 'cpu'."""
+        """onnxruntime session; CUDAExecutionProvider when available and device is not 'cpu'.
+
+        The crop size is the model input's (112x112 where the export leaves it dynamic).
+        """
         import onnxruntime as ort  # imported lazily: torch-only users do not need it loaded
 
         if not os.path.isfile(path):
@@ -219,6 +238,8 @@ class Embedder:
             )
         fixed = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
         emb = out.shape[1] if len(out.shape) == 2 and isinstance(out.shape[1], int) else None
+        # the crops the model takes: its input's height and width when the export fixes them
+        size = tuple(d if isinstance(d, int) and d > 0 else IMAGE_SIZE for d in inp.shape[2:])
 
         def run_batch(batch: torch.Tensor) -> np.ndarray:
             n = batch.shape[0]
@@ -229,7 +250,8 @@ class Embedder:
             return np.asarray(session.run([out.name], {inp.name: x})[0], dtype=np.float32)[:n]
 
         return cls(
-            run_batch, torch.device("cpu"), batch_size, path, embedding_size=emb, fixed_batch=fixed
+            run_batch, torch.device("cpu"), batch_size, path, embedding_size=emb, fixed_batch=fixed,
+            image_size=size,
         )
 
     # -- inference ---------------------------------------------------------------------------
@@ -238,13 +260,13 @@ class Embedder:
     def embedding_size(self) -> int:
         """Embedding dimension D (found with one dummy batch the first time it is asked)."""
         if self._embedding_size is None:
-            dummy = torch.zeros((1, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
+            dummy = torch.zeros((1, 3, *self.image_size), dtype=torch.uint8)
             self._embedding_size = int(self._run_batch(dummy).shape[1])
         return self._embedding_size
 
     def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         """(N,112,112,3) uint8 numpy or (N,3,112,112) uint8 tensor -> float32 (N, D) numpy."""
-        batch = to_nchw_uint8(images)
+        batch = to_nchw_uint8(images, self.image_size)
         n = batch.shape[0]
         if n == 0:
             return np.zeros((0, self.embedding_size), np.float32)

@@ -136,27 +136,39 @@ def load_model(
     network_kwargs: dict[str, Any] | None = None,
     batch_size: int = 128,
     amp: bool = False,
+    image_size: Sequence[int] = (112, 112),
 ) -> tuple[list[Embedder], dict[str, Any]]:
     """One checkpoint's embedders (a model copy per device; ONNX: one) and its metadata.
 
     Metadata: ``network``, ``network_kwargs``, ``step``, ``format``. ``amp`` applies on CUDA only.
     """
+    image_size = (int(image_size[0]), int(image_size[1]))
     if path.lower().endswith(".onnx"):
         embedder = Embedder.from_onnx(path, batch_size=batch_size, device=str(devices[0]))
         return [embedder], {"network": "onnx", "step": step_from_filename(path), "format": "onnx"}
     backbone, meta = load_backbone(path, network, **(network_kwargs or {}))
-    embedders = [
-        # a private copy per device: threads must not share a module that is being moved
-        Embedder.from_module(copy.deepcopy(backbone) if len(devices) > 1 else backbone, device=device,
-                             batch_size=batch_size, amp=amp and device.type == "cuda")
-        for device in devices
-    ]
-    return embedders, {
+    return _device_embedders(backbone, devices, batch_size, amp, image_size), {
         "network": meta["network"],
         "network_kwargs": meta["network_kwargs"],
         "step": meta.get("step", step_from_filename(path)),
         "format": meta.get("format"),
     }
+
+
+def _device_embedders(
+    backbone: torch.nn.Module,
+    devices: Sequence[torch.device],
+    batch_size: int,
+    amp: bool = False,
+    image_size: tuple[int, int] = (112, 112),
+) -> list[Embedder]:
+    """An Embedder per device, each with its own copy of ``backbone`` when there are several."""
+    return [
+        # a private copy per device: threads must not share a module that is being moved
+        Embedder.from_module(copy.deepcopy(backbone) if len(devices) > 1 else backbone, device=device,
+                             batch_size=batch_size, amp=amp and device.type == "cuda", image_size=image_size)
+        for device in devices
+    ]
 
 
 def _evaluate_sets(
@@ -293,7 +305,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     def evaluate(path: str, parts: Sequence[str]) -> dict[str, Any]:
         """{"meta": the checkpoint's metadata, target: metrics} for the targets among ``parts``."""
         try:
-            embedders, meta = load_model(path, devices, args.network, kwargs, args.batch_size, args.amp)
+            embedders, meta = load_model(path, devices, args.network, kwargs, args.batch_size, args.amp,
+                                         args.image_size)
         except ValueError as exc:  # the network cannot be told (e.g. a folder's header file)
             raise CheckpointError(str(exc)) from exc
         wanted = [t for t in parts if t != META]

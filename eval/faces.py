@@ -39,16 +39,17 @@ def read_face(
     ``landmarks`` None: the image must already be an aligned crop of that size (DatasetError
     saying ``no_landmarks`` otherwise). ``where`` (e.g. "row 3 of the list") goes into errors.
     """
+    where = f" ({where})" if where else ""
     img = cv2.imread(path, cv2.IMREAD_COLOR)
     if img is None:
         reason = "missing" if not os.path.exists(path) else "not a readable image"
-        raise FileNotFoundError(f"image {path} is {reason}{f' ({where})' if where else ''}")
+        raise FileNotFoundError(f"image {path} is {reason}{where}")
     if landmarks is not None:
         img = norm_crop(img, landmarks, image_size)
     elif img.shape[:2] != (image_size, image_size):
         raise DatasetError(
             f"{path}: image is {img.shape[1]}x{img.shape[0]}, not an aligned {image_size}x"
-            f"{image_size} crop, and has {no_landmarks}"
+            f"{image_size} crop, and has {no_landmarks}{where}"
         )
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 

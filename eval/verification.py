@@ -386,9 +386,10 @@ def test(data_set: tuple[Sequence[torch.Tensor], Sequence[bool]], backbone: torc
     if batch_size < 1:
         raise ValueError(f"test: batch_size must be >= 1, got {batch_size}")
     device = torch.device(device) if device is not None else _module_device(backbone)
-    embedder = Embedder.from_module(backbone, device=device, batch_size=batch_size, amp=amp)
-    metrics, embeddings_list = verify(embedder, _uint8_images(data_list[0]), issame_list, nfolds,
-                                      batch_size, progress)
+    images = _uint8_images(data_list[0])
+    embedder = Embedder.from_module(backbone, device=device, batch_size=batch_size, amp=amp,
+                                    image_size=tuple(images.shape[2:]))
+    metrics, embeddings_list = verify(embedder, images, issame_list, nfolds, batch_size, progress)
     return (metrics["acc1"], metrics["std1"], metrics["acc2"], metrics["std2"], metrics["xnorm"],
             [e.astype(np.float64) for e in embeddings_list])
 

@@ -238,3 +238,24 @@ def test_missing_and_corrupt_files(tmp_path):
     torch.save([1, 2, 3], notsd)
     with pytest.raises(CheckpointError, match="no backbone state dict"):
         load_weights(tiny(), notsd)
+
+
+def test_files_that_are_no_checkpoint_at_all(tmp_path):
+    # not "unsafe": nothing in them is a pickle that would run code; they are not torch.save output
+    cases = {
+        "train.idx": b"0\t0\n1\t3152\n2\t6304\n",  # a RecordIO index passed by mistake
+        "noise.pth": bytes(range(7, 256)) * 2,  # random-looking bytes
+        "empty.pth": b"",
+    }
+    for name, data in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(CheckpointError, match=f"{name}: not a PyTorch checkpoint") as info:
+            load_weights(tiny(), path)
+        assert not isinstance(info.value, UnsafeCheckpointError)
+    damaged = tmp_path / "damaged.pth"  # a pickle header, then bytes no pickle writer emits
+    damaged.write_bytes(b"\x80\x02" + bytes([0xF0]) * 64)
+    with pytest.raises(CheckpointError, match="damaged.pth: not a PyTorch checkpoint") as info:
+        load_weights(tiny(), damaged)
+    assert not isinstance(info.value, UnsafeCheckpointError)
+

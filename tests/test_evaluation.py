@@ -13,8 +13,8 @@ import torch
 
 from backbones import get_backbone
 from eval import evaluation, verification
-from eval.embedder import Embedder, load_backbone
-from utils.checkpoint import export_backbone
+from eval.embedder import Embedder, embed_faces, load_backbone
+from utils.checkpoint import CheckpointError, UnsafeCheckpointError, export_backbone
 
 TINY = {"width": 8, "num_features": 16}
 N_PAIRS = 10  # the 10-fold protocol needs at least 10 pairs
@@ -191,6 +191,29 @@ def test_evaluation_single_checkpoint_with_explicit_network(tmp_path, bins):
                          "--num-features", "16", "--device", "cpu"])
 
 
+def test_weights_are_checked_before_any_bin_is_decoded(tmp_path, bins, monkeypatch):
+    decoded = []
+    real = verification.load_pairs
+    monkeypatch.setattr(verification, "load_pairs", lambda *a, **k: decoded.append(a[0]) or real(*a, **k))
+    idx = tmp_path / "train.idx"
+    idx.write_text("0\t0\n1\t3152\n")  # not a checkpoint at all: not reported as "unsafe"
+    with pytest.raises(CheckpointError, match="train.idx: not a PyTorch checkpoint") as info:
+        evaluation.main(["--weights", str(idx), "--data-dir", str(bins), "--targets", "lfw", "--device", "cpu"])
+    assert not isinstance(info.value, UnsafeCheckpointError) and decoded == []
+    # a run folder: the first file is loaded before the bins are decoded, and they are decoded once
+    run = tmp_path / "run"
+    run.mkdir()
+    order = []
+    real_load = evaluation.load_backbone
+    monkeypatch.setattr(evaluation, "load_backbone", lambda p, *a, **k: order.append(p) or real_load(p, *a, **k))
+    monkeypatch.setattr(verification, "load_pairs", lambda *a, **k: order.append(a[0]) or real(*a, **k))
+    for step in (1, 2):
+        export_backbone(tiny(step), run / f"backbone-{step}.pth", "iresnet18", TINY)
+    evaluation.main(["--weights", str(run), "--data-dir", str(bins), "--targets", "lfw,cfp_fp", "--device", "cpu"])
+    names = [os.path.basename(str(p)) for p in order]
+    assert names == ["backbone-1.pth", "lfw.bin", "cfp_fp.bin", "backbone-2.pth"]
+
+
 def test_evaluation_no_bins_is_an_error(tmp_path):
     export_backbone(tiny(1), tmp_path / "model.pt", "iresnet18", TINY)
     with pytest.raises(FileNotFoundError, match="none of the targets"):
@@ -199,18 +222,38 @@ def test_evaluation_no_bins_is_an_error(tmp_path):
 
 
 def test_verify_embeddings_matches_verification_test(bins):
-    # The ONNX path's arithmetic is verification.test's: same embeddings -> same metrics.
+    # One path: test(), verify() (the callback's and eval.evaluation's) and verify_embeddings on
+    # the same embeddings give the same metrics.
     model = tiny(5)
     data_set = verification.load_bin(bins / "lfw.bin")
     acc1, std1, acc2, std2, xnorm, emb_list = verification.test(
         data_set, model, 40, 10, device="cpu"
     )
-    got = evaluation.verify_embeddings(emb_list, data_set[1], 10)
+    got = verification.verify_embeddings(emb_list, data_set[1], 10)
     assert (got["acc1"], got["std1"], got["acc2"], got["std2"]) == (acc1, std1, acc2, std2)
     assert got["xnorm"] == pytest.approx(xnorm)
     embedder = Embedder.from_module(model, batch_size=40)
-    via_embedder = evaluation.evaluate_onnx(embedder, data_set, 10)
-    assert via_embedder["acc2"] == pytest.approx(acc2, abs=1e-12)
+    images, issame = verification.load_pairs(bins / "lfw.bin")
+    metrics, (embs, embs_flip) = verification.verify(embedder, images, issame, 10, batch_size=40)
+    assert (metrics["acc1"], metrics["acc2"], metrics["std2"]) == (acc1, acc2, std2)
+    assert np.array_equal(embs, emb_list[0]) and np.array_equal(embs_flip, emb_list[1])
+
+
+def test_embed_faces_mirrors_each_batch():
+    model = tiny(7)
+    embedder = Embedder.from_module(model, batch_size=3)
+    rng = np.random.default_rng(2)
+    images = torch.from_numpy(rng.integers(0, 256, size=(7, 3, 112, 112), dtype=np.uint8))
+    embs, embs_flip = embed_faces(embedder, images.split(3), 7)
+    assert embs.shape == embs_flip.shape == (7, 16) and embs.dtype == np.float32
+    np.testing.assert_array_equal(embs, embedder(images))
+    np.testing.assert_array_equal(embs_flip, embedder(torch.flip(images, dims=[3])))
+    plain, none = embed_faces(embedder, images.split(3), 7, flip=False)
+    assert none is None and np.array_equal(plain, embs)
+    with pytest.raises(ValueError, match="held 6 faces, 7 were announced"):
+        embed_faces(embedder, images[:6].split(3), 7)
+    empty, empty_flip = embed_faces(embedder, [], 0)
+    assert empty.shape == empty_flip.shape == (0, 16)
 
 
 def test_format_table():
@@ -234,11 +277,11 @@ def test_targets_spread_over_devices_give_the_same_numbers(bins):
     from tqdm import tqdm
 
     model = tiny(6)
-    sets = {t: verification.load_bin(bins / f"{t}.bin") for t in ("lfw", "cfp_fp")}
+    sets = {t: verification.load_pairs(bins / f"{t}.bin") for t in ("lfw", "cfp_fp")}
     cpu = torch.device("cpu")
     with tqdm(disable=True) as bar:
-        one = evaluation._evaluate_torch(model, sets, [cpu], 40, 10, False, bar)
-        two = evaluation._evaluate_torch(model, sets, [cpu, cpu], 40, 10, False, bar)
+        one = evaluation._evaluate_sets(evaluation._device_embedders(model, [cpu], 40), sets, 10, bar)
+        two = evaluation._evaluate_sets(evaluation._device_embedders(model, [cpu, cpu], 40), sets, 10, bar)
     assert list(two) == ["lfw", "cfp_fp"]
     for target in sets:
         assert two[target]["acc2"] == one[target]["acc2"]

@@ -521,11 +521,12 @@ def test_cli_run_folder_each_step_cached_and_best(ijb_tree, tmp_path, monkeypatc
 def test_threaded_extraction_gives_the_sequential_features(ijb_tree, one_torch_thread):
     from backbones import get_backbone
     from eval.embedder import Embedder
+    from eval.faces import iter_batches
     from eval.ijb.ijb_eval import extract_features
 
     meta = data.load_meta(str(ijb_tree), "IJBC")
     ds = data.IJBAlignedFaces(meta.paths.image_dir, meta.names, meta.landmarks)
-    batches = list(data.iter_batches(ds, 4, num_workers=3))
+    batches = list(iter_batches(ds, 4, num_workers=3))
     assert [len(b) for b in batches] == [4] * (len(ds) // 4) + ([len(ds) % 4] if len(ds) % 4 else [])
     assert torch.equal(torch.cat(batches), torch.stack([ds[i] for i in range(len(ds))]))  # order and pixels
     torch.manual_seed(0)

@@ -36,6 +36,7 @@ from eval.megaface.lists import (
     write_probe_list,
 )
 from tools import make_synthetic_megaface
+from utils.errors import DatasetError
 
 # ---------------------------------------------------------------------------------------------
 # binary matrix format
@@ -346,7 +347,7 @@ def test_synthetic_tree(synth, tmp_path):
 
 def test_unaligned_image_without_landmarks_is_refused(tmp_path):
     cv2.imwrite(str(tmp_path / "big.jpg"), np.zeros((150, 140, 3), np.uint8))
-    with pytest.raises(MegaFaceError, match=r"big.jpg: image is 140x150, not an aligned "
+    with pytest.raises(DatasetError, match=r"big.jpg: image is 140x150, not an aligned "
                        r"112x112 crop.*big.jpg.json"):
         load_face(str(tmp_path / "big.jpg"))
     (tmp_path / "big.jpg.json").write_text(json.dumps({"bounding_box": {"x": 1}}))

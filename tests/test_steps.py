@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from eval.steps import ResultCache, best_steps, format_steps, settings_key
+from eval.steps import ResultCache, best_steps, evaluate_steps, file_stamp, format_steps, report_steps, settings_key
 from utils.run_files import is_step_weights, list_step_weights, require_step_weights
 
 
@@ -66,3 +66,53 @@ def test_result_cache_keyed_by_file_stamp_and_settings(tmp_path):
     path.write_text("{broken")
     assert ResultCache(path).entries == {}  # a broken cache is started afresh, not an error
     assert json.loads(json.dumps(again.entries))  # plain JSON
+
+
+def test_file_stamp_nanoseconds():
+    import tempfile
+
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(b"12345")
+        f.flush()
+        os.utime(f.name, ns=(7, 1_000_000_007))  # a change within the same second still counts
+        assert file_stamp(f.name) == {"size": 5, "mtime_ns": 1_000_000_007}
+
+
+def test_evaluate_steps_per_part_cache_and_skipped_files(tmp_path, capsys):
+    steps = []
+    for step in (1, 2, 3):
+        path = tmp_path / f"backbone-{step}.pth"
+        path.write_bytes(b"x" * step)
+        steps.append((step, str(path)))
+    calls = []
+
+    def evaluate(path, parts):
+        calls.append((os.path.basename(path), list(parts)))
+        if path.endswith("-3.pth"):
+            raise ValueError("not a backbone")
+        step = int(path[-5])
+        return {part: {"acc": step / 10 + len(part) / 100} for part in parts}
+
+    cache = ResultCache(tmp_path / "cache.json")
+    two = {"lfw": settings_key({"t": "lfw"}), "cfp": settings_key({"t": "cfp"})}
+    rows = evaluate_steps(steps, cache, two, evaluate, skip=(ValueError,))
+    assert calls == [("backbone-1.pth", ["lfw", "cfp"]), ("backbone-2.pth", ["lfw", "cfp"]),
+                     ("backbone-3.pth", ["lfw", "cfp"])]
+    assert rows[0]["scores"] == {"lfw": {"acc": 0.13}, "cfp": {"acc": 0.13}}
+    assert rows[2]["error"] == "not a backbone" and "scores" not in rows[2]
+    # a new part: only that part is evaluated; the failed file again (nothing was cached for it)
+    calls.clear()
+    three = {**two, "agedb": settings_key({"t": "agedb"})}
+    rows = evaluate_steps(steps, ResultCache(tmp_path / "cache.json"), three, evaluate, skip=(ValueError,))
+    assert calls == [("backbone-1.pth", ["agedb"]), ("backbone-2.pth", ["agedb"]),
+                     ("backbone-3.pth", ["lfw", "cfp", "agedb"])]
+    assert list(rows[1]["scores"]) == ["lfw", "cfp", "agedb"] and rows[1]["scores"]["agedb"] == {"acc": 0.25}
+    with pytest.raises(ValueError, match="not a backbone"):  # not skipped: an error
+        evaluate_steps(steps, cache, three, evaluate)
+    # the report of rows with an error row first, printed only (no file)
+    table_rows = [{"step": r["step"], "name": r["name"], "scores": {k: v["acc"] for k, v in r["scores"].items()}}
+                  for r in rows if "scores" in r]
+    summary = report_steps("title", [rows[2], *table_rows], None, metrics=["lfw", "agedb"])
+    assert summary["best"]["agedb"]["step"] == 2 and summary["metrics"] == ["lfw", "agedb"]
+    assert "title" in capsys.readouterr().out and not (tmp_path / "None").exists()
+

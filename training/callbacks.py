@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from eval import verification
+from eval.embedder import Embedder
 from utils.distributed import DistEnv, all_gather_objects
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,9 @@ class CallBackVerification:
             log.warning(f"verification: no {', '.join(m + '.bin' for m in missing)} in {data_dir}; skipped")
         self.targets = present
         self.highest: dict[str, float] = {}
+        # without the mirrored copies (half the memory): the embedder mirrors batch by batch
         self.sets = {
-            name: verification.load_bin(os.path.join(data_dir, f"{name}.bin"), (112, 112))
+            name: verification.load_pairs(os.path.join(data_dir, f"{name}.bin"), (112, 112))
             for i, name in enumerate(present)
             if i % env.world_size == env.rank
         }
@@ -107,12 +109,11 @@ class CallBackVerification:
         if not self.targets or not _due(step, self.frequent, self.total_step):
             return None
         mine = {}
-        for name, data_set in self.sets.items():
-            # test() puts the backbone in eval mode and gives it back in the mode it came in
-            _, _, acc, std, xnorm, _ = verification.test(
-                data_set, backbone, batch_size=self.batch_size, nfolds=10, device=self.env.device
-            )
-            mine[name] = (acc, std, xnorm)
+        # the evaluators' embedder (fp32): runs the backbone in eval mode, gives it back as it came
+        embedder = Embedder.from_module(backbone, device=self.env.device, batch_size=self.batch_size, amp=False)
+        for name, (images, issame) in self.sets.items():
+            metrics, _ = verification.verify(embedder, images, issame, nfolds=10, batch_size=self.batch_size)
+            mine[name] = (metrics["acc2"], metrics["std2"], metrics["xnorm"])
         results = {k: v for part in all_gather_objects(self.env, mine) for k, v in part.items()}
         if self.env.is_main:
             self._report(step, results)

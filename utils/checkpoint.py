@@ -64,20 +64,48 @@ MOBILEFACENET_SCALES = {2: "mobilefacenet", 4: "mobilefacenet_large"}
 _LAYER_KEY = re.compile(r"^layer([1-4])\.(\d+)\.")
 
 
+# What torch.save writes: a zip archive (torch >= 1.6), or a pickle stream (the legacy format;
+# protocol 2 by default, PROTO opcode 0x80 then the protocol number).
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _is_torch_file(head: bytes) -> bool:
+    """Whether a file's first bytes are a zip archive's or a pickle's (protocol 2-5)."""
+    return head.startswith(_ZIP_MAGIC) or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
 def load_state(path: str | os.PathLike) -> Any:
-    """``torch.load`` a file on CPU with ``weights_only=True``; clear errors naming the file."""
+    """``torch.load`` a file on CPU with ``weights_only=True``; clear errors naming the file.
+
+    CheckpointError "not a PyTorch checkpoint" for a file that is no torch.save output at all
+    (e.g. a text .idx, random bytes), UnsafeCheckpointError only for a real pickle that would
+    need arbitrary code to load; both are raised before anything in the file is run.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} not found")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not _is_torch_file(head):
+        what = f"it starts with {head!r}" if head else "it is empty"
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint (torch.save writes a zip archive or a pickle; {what})"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch's weights-only unpickler stops before any object is built, so nothing ran.
-        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        reason = next((line for line in lines if "Unsupported" in line or "GLOBAL" in line),
+                      lines[-1] if lines else type(exc).__name__)
+        if "Unsupported operand" in reason:  # an opcode no pickle writer emits: a damaged stream
+            raise CheckpointError(
+                f"{path}: not a PyTorch checkpoint (its pickle stream is not readable: {reason})"
+            ) from exc
         raise UnsafeCheckpointError(
             f"{path}: refused to load: the file holds Python objects other than tensors and plain "
             f"containers, so unpickling it could run code (torch.load weights_only=True: "
-            f"{first_line}). Re-save only the state_dict in a trusted environment."
+            f"{reason}). Re-save only the state_dict in a trusted environment."
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc

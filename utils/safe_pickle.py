@@ -1,7 +1,7 @@
 """A restricted unpickler for data pickles from elsewhere (e.g. Python 2 verification .bin files).
 
 :func:`load` reads pickles made of the builtin types (bytes, str, numbers, bools, None, lists,
-tuples, dicts, sets) plus a few globals, each replaced by a harmless stand-in that validates its
+tuples, dicts; sets from protocol 4 on) plus a few globals, each replaced by a harmless stand-in that validates its
 arguments:
 
 * ``_codecs.encode``: Python 3 writes bytes this way under protocol <= 2 (text, ``'latin1'``);
