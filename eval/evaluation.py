@@ -38,9 +38,10 @@ from eval import verification
 from eval.embedder import Embedder, load_backbone
 from eval.steps import ResultCache, best_steps, evaluate_steps, file_stamp, report_steps, settings_key
 from utils.checkpoint import CheckpointError
-from utils.run_files import is_step_weights, list_step_weights, step_from_filename
 from utils.cli import UsageError, run_cli
+from utils.errors import UnknownNameError
 from utils.fileio import atomic_path, refuse_overwrite
+from utils.run_files import is_step_weights, list_step_weights, step_from_filename
 
 __all__ = [
     "DEFAULT_TARGETS",
@@ -307,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         try:
             embedders, meta = load_model(path, devices, args.network, kwargs, args.batch_size, args.amp,
                                          args.image_size)
+        except UnknownNameError:  # --network names no backbone: a usage error, for every file
+            raise
         except ValueError as exc:  # the network cannot be told (e.g. a folder's header file)
             raise CheckpointError(str(exc)) from exc
         wanted = [t for t in parts if t != META]

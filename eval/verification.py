@@ -29,7 +29,7 @@ from sklearn.decomposition import PCA
 from sklearn.model_selection import KFold
 from tqdm import tqdm
 
-from eval.embedder import EmbedFn, Embedder, embed_faces
+from eval.embedder import Embedder, EmbedFn, embed_faces
 from utils import safe_pickle
 from utils.errors import UserError
 

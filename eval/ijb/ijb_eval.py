@@ -27,8 +27,8 @@ import time
 import numpy as np
 import torch
 
-from eval.ijb import metrics, report
 from eval.faces import iter_batches
+from eval.ijb import metrics, report
 from eval.ijb.data import IJBAlignedFaces, IJBMeta, load_meta, load_meta_1n
 from eval.steps import ResultCache, evaluate_steps, file_stamp, report_steps, settings_key
 from utils.cli import run_cli
