@@ -6,6 +6,7 @@ import math
 import shutil
 import traceback
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -199,3 +200,13 @@ def test_fixture_copy_through_loader(tmp_path):
     ds.set_epoch(0)
     labels = torch.cat([y for _, y in DataLoaderX("cpu", dataset=ds, batch_size=8, num_workers=2)])
     assert labels.tolist() == ds.labels.tolist() == [0] * 5 + [1] * 5 + [2] * 5 + [3] * 5
+
+
+def test_workers_start_after_the_parent_used_opencvs_thread_pool(rec_ds):
+    # an inherited pool used to deadlock the forked worker's cv2.setNumThreads(1)
+    big = np.zeros((2000, 2000, 3), np.uint8)
+    cv2.warpAffine(big, np.eye(2, 3), (1000, 1000))  # runs on OpenCV's pool
+    threads = cv2.getNumThreads()
+    loader = DataLoaderX("cpu", dataset=rec_ds, batch_size=4, num_workers=2)
+    assert len(list(loader)) == len(loader)
+    assert cv2.getNumThreads() == threads

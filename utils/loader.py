@@ -11,6 +11,7 @@ the CPU, bit for bit, on any device.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import queue
 import threading
@@ -204,6 +205,22 @@ class _Prefetcher:
         self._stop.set()
 
 
+@contextlib.contextmanager
+def _opencv_serial() -> Iterator[None]:
+    """OpenCV without its thread pool while DataLoader workers are forked, restored afterwards.
+
+    A pool the parent has used (an earlier evaluation's warpAffine, say) is inherited by a
+    forked worker without its threads, and the worker's ``cv2.setNumThreads(1)`` then waits on
+    them for ever; with the parent at one thread while forking, the workers inherit no pool.
+    """
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(threads)
+
+
 def _worker_init(user_init: Callable[[int], None] | None, worker_id: int) -> None:
     # the workers are the parallelism: OpenCV's own thread pool would only oversubscribe the
     # cores (and a pool inherited through fork can deadlock)
@@ -255,7 +272,8 @@ class DataLoaderX(DataLoader):
             stop.set()
             thread.join()
             self._producer = None
-        base = super().__iter__()
+        with _opencv_serial():  # the workers start (fork) here
+            base = super().__iter__()
         if not self.background:
             return base
         it = _Prefetcher(base, self.device, self.prefetch)
