@@ -377,3 +377,8 @@ def test_every_head_trains_in_both_methods(name, method):
         optimizer.step()
         losses.append(out["logs"]["L1"].item())
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses  # MagFace 0.75 (its regulariser), others < 0.4
+
+
+def test_config_names_are_case_insensitive():
+    cfg = load_config(overrides=["head=ArcFace", "method=ContraFace"])
+    assert (cfg.head, cfg.method) == ("arcface", "contraface")  # the registered spelling is kept

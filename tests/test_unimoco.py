@@ -350,7 +350,7 @@ def test_presets_load_with_facecl_values():
     assert cfg.val_targets == ["lfw", "cfp_fp", "agedb_30"] and cfg.output == "work_dirs/ms1mv3_r50_unimoco"
     synthetic = load_config(str(PRESETS / "synthetic_r50_unimoco.py"))
     assert (synthetic.rec, synthetic.network, synthetic.network_width, synthetic.batch_size) == (
-        "data/synthetic", "iresnet50", 64, 8
+        "data/synthetic", "iresnet50", None, 8  # None: the network's own 64
     )
     cpu = load_config(str(PRESETS / "synthetic_unimoco_cpu.py"))
     assert (cpu.network, cpu.network_width, cpu.moco_k % cpu.batch_size) == ("iresnet18", 8, 0)
