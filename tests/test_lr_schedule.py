@@ -34,7 +34,8 @@ def test_poly_warmup_then_power_two():
 
 
 def test_unknown_scheduler_lists_the_known():
-    with pytest.raises(UnknownNameError, match=r"unknown scheduler 'cosine'; did you mean 'cos'\? \(known: step, cos, poly\)"):
+    known = r"unknown scheduler 'cosine'; did you mean 'cos'\? \(known: step, cos, poly\)"
+    with pytest.raises(UnknownNameError, match=known):
         build_lr_schedule(edict(scheduler="cosine"), 1)
     assert list(SCHEDULES) == ["step", "cos", "poly"]
     assert build_lr_schedule(edict(scheduler="COS", num_epoch=1), 4)(2) == pytest.approx(0.5)  # any case
