@@ -301,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     devices = _devices(args.device)
     loaded: dict[str, VerificationSet] = {}  # each .bin decoded once, when a checkpoint first needs it
     evaluated: dict[str, list[str]] = {}  # the targets evaluated (not from the cache) per checkpoint
-    bar = tqdm(desc="evaluating", unit="set")
+    bar = tqdm(total=len(checkpoints) * len(present), desc="evaluating", unit="set")
 
     def evaluate(path: str, parts: Sequence[str]) -> dict[str, Any]:
         """{"meta": the checkpoint's metadata, target: metrics} for the targets among ``parts``."""
@@ -317,8 +317,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                  args.nfolds, bar)
         evaluated[path] = wanted
         if results:
+            # the mean only where every target was evaluated now (cached ones are not shown)
+            mean = np.mean([r["acc2"] for r in results.values()]) if len(results) == len(present) else None
             tqdm.write(f"{os.path.basename(path)}: "
-                       + ", ".join(f"{t} {r['acc2'] * 100:.2f}" for t, r in results.items()))
+                       + ", ".join(f"{t} {r['acc2'] * 100:.2f}" for t, r in results.items())
+                       + ("" if mean is None else f", mean {mean * 100:.2f}"))
         return {META: meta, **results}
 
     folder = os.path.isdir(args.weights)
