@@ -82,7 +82,8 @@ def seed_everything(seed: int) -> None:
 
 def network_kwargs(cfg) -> dict[str, Any]:
     """The backbone's keyword arguments from the config (None: the network's own default)."""
-    kwargs = dict(dropout=cfg.dropout, num_features=cfg.embedding_size, use_se=cfg.use_se, width=cfg.network_width)
+    kwargs = {"dropout": cfg.dropout, "num_features": cfg.embedding_size, "use_se": cfg.use_se,
+              "width": cfg.network_width}
     return {key: value for key, value in kwargs.items() if value is not None}
 
 

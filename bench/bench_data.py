@@ -166,19 +166,21 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:<50}{threads:>8}{wall:>10.0f}{r_wall:>7}{cpu_text}{r_cpu if cpu else '-':>7}")
 
     with ThreadPoolExecutor(max(workers + [1])) as pool:
-        loader = make_loader(dataset, count, args.batch_size, 0)
-        base1, ours1 = interleaved_best(lambda: decode_pass(payloads, 1, pool), lambda r: loader_pass(loader, r),
-                                        args.repeat)
+        def compare(threads: int) -> tuple[tuple[float, float], tuple[float, float]]:
+            """(cv2.imdecode with ``threads`` threads, the DataLoader with ``threads`` workers; 0: in this thread)."""
+            loader = make_loader(dataset, count, args.batch_size, threads)
+            if threads:
+                loader_pass(loader, 0)  # starts the persistent workers
+            return interleaved_best(lambda: decode_pass(payloads, max(threads, 1), pool),
+                                    lambda r: loader_pass(loader, r), args.repeat)
+
+        base1, ours1 = compare(0)
         row("cv2.imdecode alone (baseline)", 1, base1, None)
         row("MXFaceDataset + DataLoader, in the calling thread", 1, ours1, base1)
         for w in workers:
-            loader = make_loader(dataset, count, args.batch_size, w)
-            loader_pass(loader, 0)  # starts the persistent workers
-            base, rates = interleaved_best(lambda: decode_pass(payloads, w, pool), lambda r: loader_pass(loader, r),
-                                           args.repeat)
+            base, rates = compare(w)  # the loader and its workers end with the call
             row(f"cv2.imdecode alone, {w} threads (baseline)", w, base, None)
             row(f"MXFaceDataset + DataLoader, {w} worker processes", w, rates, base)
-            del loader
     if args.gpu_decode:
         rate = gpu_decode_rate(payloads, args.batch_size, args.repeat)
         if isinstance(rate, str):

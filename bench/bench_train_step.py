@@ -5,9 +5,10 @@
         --precisions fp32,bf16,fp16 --layouts nchw,channels_last --compile no,yes       # a GPU
 
 Ours: the project's method objects (``methods.build_method`` from the default config:
-``SingleBranch`` or ``ContraFaceTraining`` in stage 2) and train.py's step (``training.step.TrainStep``): uint8 batches copied
-and normalised on the device (``normalize_batch``), autocast at the chosen precision, optional
-channels_last and ``torch.compile``, SGD (fused on CUDA, foreach on CPU), gradient clipping at 5,
+``SingleBranch`` or ``ContraFaceTraining`` in stage 2) and train.py's step
+(``training.step.TrainStep``): uint8 batches copied and normalised on the device
+(``normalize_batch``), autocast at the chosen precision, optional channels_last and
+``torch.compile``, SGD (fused on CUDA, foreach on CPU), gradient clipping at 5,
 the losses summed on the device and never read back during the timed steps.
 
 Baseline, in the same run, written the way the original ContraFace's train.py writes a step:

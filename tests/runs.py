@@ -69,7 +69,8 @@ def assert_resume_after_sigkill_is_exact(
 
     main(run_args(killed, "save_step=2") + ["--resume", "auto"])
     assert "resumed from" in (killed / "training.log").read_text()
-    for a, b in zip(state_of(reference / f"checkpoint-{last_step}.pt"), state_of(killed / f"checkpoint-{last_step}.pt")):
+    last = f"checkpoint-{last_step}.pt"
+    for a, b in zip(state_of(reference / last), state_of(killed / last)):
         assert_bitwise_equal(a, b)
 
 

@@ -120,7 +120,7 @@ def plan_pairs(seed: int, name: str, eval_ids: Sequence[int], n_pairs: int) -> l
     if len(pool) < 2:
         raise ValueError(f"{name}: need at least 2 held-out identities (--eval-ids), got {len(pool)}")
     plans = []
-    for p, same in enumerate(pair_layout(n_pairs)):
+    for same in pair_layout(n_pairs):
         a = int(rng.choice(pool))
         if same:
             b = a

@@ -19,8 +19,7 @@ from __future__ import annotations
 import numbers
 import os
 import struct
-from collections import namedtuple
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -43,8 +42,13 @@ _LENGTH_MASK = (1 << 29) - 1
 _IR_FORMAT = "<IfQQ"
 _IR_SIZE = struct.calcsize(_IR_FORMAT)  # 24
 
-IRHeader = namedtuple("HEADER", ["flag", "label", "id", "id2"])
-IRHeader.__doc__ = """Image record header: flag (label count, 0 for a scalar label), label, id, id2."""
+class IRHeader(NamedTuple):
+    """Image record header: flag (label count, 0 for a scalar label), label, id, id2 (mxnet's HEADER)."""
+
+    flag: int
+    label: Any  # a float, or a float32 array of ``flag`` values
+    id: int
+    id2: int
 
 
 def _align4(n: int) -> int:
@@ -120,8 +124,7 @@ class MXRecordIO:
         # file descriptors do not pickle; a reader reopens where it was (DataLoader "spawn")
         if self.writable:
             raise TypeError(f"{self.uri}: a RecordIO writer cannot be pickled")
-        state = {k: v for k, v in self.__dict__.items() if k != "_fd"}
-        return state
+        return {k: v for k, v in self.__dict__.items() if k != "_fd"}
 
     def __setstate__(self, state: dict) -> None:
         # reopen the data file only (MXRecordIO.open, also for the indexed reader: its index is in the state)

@@ -31,7 +31,8 @@ def _tokens(name: str) -> list[str]:
 
 
 def _token_in(token: str, others: list[str]) -> bool:
-    return any(token == o or (len(token) > 2 and difflib.SequenceMatcher(None, token, o).ratio() >= 0.8) for o in others)
+    return any(token == o or (len(token) > 2 and difflib.SequenceMatcher(None, token, o).ratio() >= 0.8)
+               for o in others)
 
 
 def similarity(query: str, candidate: str) -> float:

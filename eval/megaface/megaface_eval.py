@@ -269,8 +269,8 @@ def run(args: argparse.Namespace, embedder: EmbedFn | None = None) -> dict:
     _check_stamp(feature_dir, algo, args)
     if embedder is None:
         embedder = _load_embedder(args)
-    common = dict(flip=not args.no_flip, batch_size=args.batch_size,
-                  num_workers=args.num_workers, force=args.force)
+    common = {"flip": not args.no_flip, "batch_size": args.batch_size,
+              "num_workers": args.num_workers, "force": args.force}
     fs_dir, mf_dir = os.path.join(feature_dir, "facescrub"), os.path.join(feature_dir, "megaface")
     fs_stats = extract_features(embedder, args.facescrub_root, probe.paths, fs_dir, algo,
                                 desc="facescrub", **common)

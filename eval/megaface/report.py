@@ -26,7 +26,7 @@ def format_table(results: dict, far: float | None = None) -> str:
     if far is not None:
         header.append(f"TAR@FAR={far:g} %")
     rows = []
-    for key, res in sizes.items():
+    for res in sizes.values():
         row = [str(res["distractors"])] + [_pct(res["cmc"]["rates"][r - 1]) for r in ranks]
         if far is not None:
             row.append(_pct(res["verification"]["tar"][res["verification"]["far"].index(far)]))
