@@ -28,7 +28,7 @@ from backbones import get_backbone
 from methods import TrainingMethod, check_method_config
 from training import checkpoints, run_folder
 from training.callbacks import CallBackLogging, CallBackModelCheckpoint, CallBackVerification
-from training.step import NonFiniteGuard, TrainStep, autocast_dtype
+from training.step import NonFiniteGuard, TrainStep, autocast_dtype, check_channels_last
 from utils import run_files
 from utils.cli import run_cli
 from utils.config import DEFAULT_CONFIG, config_to_json, load_config, to_plain
@@ -115,6 +115,7 @@ def build_optimizer(cfg, method: TrainingMethod, env: DistEnv) -> torch.optim.Op
 
 def train(cfg, env: DistEnv, resume: str | None) -> None:
     autocast_dtype(cfg.amp, env.device)  # a GPU-only setting on a CPU fails before any set-up
+    check_channels_last(cfg.channels_last, env.device, cfg.network_width)
     resume_path, checkpoint = run_folder.prepare_output(cfg.output, resume, env)
     init_logging(env.rank, cfg.output, run_files.LOG)
     seed_everything(cfg.seed + env.rank)

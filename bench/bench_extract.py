@@ -26,6 +26,7 @@ from backbones import get_backbone  # noqa: E402
 from bench.machine import describe_machine  # noqa: E402
 from eval.embedder import Embedder, default_amp_dtype  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
+from utils.errors import UsageError  # noqa: E402
 
 
 def throughput(
@@ -58,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> list[tuple[str, int, float]]:
     p.add_argument("--no-onnx", action="store_true")
     p.add_argument("--no-cpu", action="store_true", help="skip the CPU rows (GPU only)")
     args = p.parse_args(argv)
+    if args.no_cpu and not torch.cuda.is_available():
+        raise UsageError("no row to measure: --no-cpu leaves the GPU rows, and there is no CUDA GPU")
 
     if args.threads:
         torch.set_num_threads(args.threads)

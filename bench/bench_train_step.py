@@ -58,12 +58,17 @@ class Row:
         return f"{self.method}: ours {self.precision} {self.layout}{' compiled' if self.compile else ''}"
 
 
-def skip_reason(row: Row, device: torch.device) -> str | None:
-    """Why ``row`` cannot run on ``device`` (None: it can)."""
+def skip_reason(row: Row, device: torch.device, width: int | None = None) -> str | None:
+    """Why ``row`` cannot run on ``device`` with an iresnet of ``width`` (None: it can)."""
+    from training.step import CPU_CHANNELS_LAST_MIN_WIDTH
+
     if row.precision != "fp32" and device.type != "cuda":
         return f"{row.precision} needs a CUDA GPU (train.py offers AMP only there)"
     if row.precision == "bf16" and not torch.cuda.is_bf16_supported():
         return "this GPU has no bf16"
+    if row.layout == "channels_last" and device.type == "cpu" and width is not None \
+            and width < CPU_CHANNELS_LAST_MIN_WIDTH:
+        return f"channels_last below width {CPU_CHANNELS_LAST_MIN_WIDTH} crashes on the CPU (oneDNN)"
     if row.compile and not hasattr(torch, "compile"):
         return "torch.compile is not available in this torch"
     return None
@@ -268,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     spawn = multiprocessing.get_context("spawn")
     base = None
     for row in rows:
-        reason = skip_reason(row, torch.device(device))
+        reason = skip_reason(row, torch.device(device), args.width if args.network.startswith("iresnet") else None)
         if reason:
             print(f"{row.label():<48}  skipped: {reason}")
             continue

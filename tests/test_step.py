@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from training.step import NonFiniteGuard, TrainStep, autocast_dtype
+from training.step import NonFiniteGuard, TrainStep, autocast_dtype, check_channels_last
 from utils.distributed import DistEnv
 from utils.errors import ConfigError
 
@@ -64,3 +64,13 @@ def test_guard_names_the_last_good_checkpoint(tmp_path):
     guard.update(torch.tensor(float("nan")), 5)
     with pytest.raises(FloatingPointError, match=r"step 6 \(noticed at step 8\).*checkpoint-4.pt"):
         guard.check(8)
+
+
+def test_channels_last_below_width_16_is_refused_on_the_cpu():
+    # oneDNN's channels-last backward crashes the process there (bench/README.md): a clear error instead
+    with pytest.raises(ConfigError, match="channels_last=True with network_width=8 crashes on the CPU"):
+        check_channels_last(True, CPU.device, 8)
+    check_channels_last(True, CPU.device, 16)
+    check_channels_last(True, CPU.device, None)  # the network's own width (64)
+    check_channels_last(False, CPU.device, 8)
+    check_channels_last(True, torch.device("cuda"), 8)  # a GPU runs it

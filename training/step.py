@@ -20,7 +20,8 @@ from utils.distributed import DistEnv
 from utils.errors import ConfigError
 from utils.run_files import list_checkpoints
 
-__all__ = ["AMP_DTYPES", "NonFiniteGuard", "TrainStep", "autocast_dtype"]
+__all__ = ["AMP_DTYPES", "CPU_CHANNELS_LAST_MIN_WIDTH", "NonFiniteGuard", "TrainStep", "autocast_dtype",
+           "check_channels_last"]
 
 AMP_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -32,6 +33,23 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if amp != "none" and device.type != "cuda":
         raise ConfigError(f"amp={amp} needs a CUDA GPU; use --set amp=none on {device.type}")
     return AMP_DTYPES[amp]
+
+
+# oneDNN's channels-last backward of the strided 1x1 shortcut convolutions crashes the process
+# (segfault, "double free or corruption") on the CPU for layers this narrow (torch 2.14.1; an
+# iresnet at width 8: 3 -> 8 and 8 -> 16 channels at 56 x 56); widths 16, 32 and 64 run.
+CPU_CHANNELS_LAST_MIN_WIDTH = 16
+
+
+def check_channels_last(channels_last: bool, device: torch.device, network_width: int | None) -> None:
+    """Refuse, with a ConfigError, the one layout known to crash: channels_last on the CPU below width 16."""
+    narrow = network_width is not None and network_width < CPU_CHANNELS_LAST_MIN_WIDTH
+    if channels_last and device.type == "cpu" and narrow:
+        raise ConfigError(
+            f"channels_last=True with network_width={network_width} crashes on the CPU (oneDNN's channels-last "
+            f"backward of strided 1x1 convolutions below {CPU_CHANNELS_LAST_MIN_WIDTH} channels); set "
+            f"channels_last=False, or network_width >= {CPU_CHANNELS_LAST_MIN_WIDTH}"
+        )
 
 
 class TrainStep:
