@@ -16,13 +16,13 @@ import os
 import runpy
 import sys
 
+import torch  # now: a module first imported in an atexit hook cannot register its own (concurrent.futures)
+
 __all__ = ["peak_memory_line", "main"]
 
 
 def peak_memory_line() -> str:
     """The process's peak GPU memory as one line (``-`` where CUDA was never initialised)."""
-    import torch
-
     if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
         return "peak GPU memory: - (CUDA not used)"
     allocated = torch.cuda.max_memory_allocated() / 2**20
