@@ -101,3 +101,75 @@ def test_evaluation_of_onnx_matches_torch(exported, tmp_path):
     # Embeddings agree to ~1e-5, so the thresholded accuracies agree on these well-separated pairs.
     assert onnx_res["acc2"] == pytest.approx(torch_res["acc2"], abs=1e-9)
     assert onnx_res["xnorm"] == pytest.approx(torch_res["xnorm"], rel=1e-4)
+
+
+# -- --mfr: what the MFR challenge server's onnxruntime 1.6-1.8 reads -------------------------------
+
+
+@pytest.fixture(scope="module")
+def mfr_exported(exported):
+    """The same checkpoint exported with --mfr."""
+    model, root, _, _ = exported
+    out = root / "mfr" / "model.onnx"
+    info = export_onnx.main(["--weights", str(root / "model.pt"), "--output", str(out), "--mfr"])
+    return model, out, info
+
+
+def test_default_export_is_unchanged(exported):
+    proto = onnx.load(str(exported[2]))
+    assert [(o.domain, o.version) for o in proto.opset_import] == [("", 17)]
+    assert exported[3]["opset"] == 17
+
+
+def test_mfr_export_format(mfr_exported):
+    _, out, info = mfr_exported
+    proto = onnx.load(str(out))
+    onnx.checker.check_model(proto)
+    assert info["opset"] == 11 and [(o.domain, o.version) for o in proto.opset_import] == [("", 11)]
+    assert proto.ir_version <= 7 and not proto.functions
+    assert {i.data_type for i in proto.graph.initializer} == {onnx.TensorProto.FLOAT}
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [(i.name, i.shape) for i in session.get_inputs()] == [("input", ["batch", 3, 112, 112])]
+    assert [(o.name, o.shape) for o in session.get_outputs()] == [("embedding", ["batch", 16])]
+
+
+def test_mfr_export_embeds_like_pytorch(mfr_exported):
+    model, out, info = mfr_exported
+    assert info["rel_diff"] <= 1e-4
+    imgs = np.random.default_rng(1).integers(0, 256, size=(3, 112, 112, 3), dtype=np.uint8)
+    onnx_embedder = Embedder.from_onnx(str(out), batch_size=2, device="cpu")
+    a, b = onnx_embedder(imgs), Embedder.from_module(model, batch_size=3)(imgs)
+    assert onnx_embedder.embedding_size == 16 and onnx_embedder.fixed_batch is None
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+
+
+def test_mfr_export_of_a_half_checkpoint_has_fp32_weights(tmp_path):
+    torch.manual_seed(5)
+    export_backbone(get_backbone("iresnet18", **TINY).half(), tmp_path / "half.pt", "iresnet18", TINY)
+    out = tmp_path / "half.onnx"
+    export_onnx.main(["--weights", str(tmp_path / "half.pt"), "--output", str(out), "--mfr", "--opset", "13"])
+    proto = onnx.load(str(out))
+    assert proto.opset_import[0].version == 13 and proto.ir_version == 7
+    assert {i.data_type for i in proto.graph.initializer} == {onnx.TensorProto.FLOAT}
+
+
+def test_mfr_refuses_a_newer_opset(exported, tmp_path, user_error):
+    _, root, _, _ = exported
+    line = user_error(export_onnx.main, ["--weights", root / "model.pt", "--output", tmp_path / "x.onnx",
+                                         "--mfr", "--opset", "14"])
+    assert line == ("error: UsageError: --opset 14 with --mfr: the MFR server's onnxruntime 1.6 "
+                    "implements opset <= 13")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_make_mfr_ready_lowers_the_ir_version_and_refuses_opset_17(exported, mfr_exported, tmp_path):
+    proto = onnx.load(str(mfr_exported[1]))
+    proto.ir_version = 10  # what a newer torch/onnx would stamp
+    onnx.save(proto, str(tmp_path / "ir10.onnx"))
+    export_onnx.make_mfr_ready(str(tmp_path / "ir10.onnx"))
+    assert onnx.load(str(tmp_path / "ir10.onnx")).ir_version == 7
+    ort.InferenceSession(str(tmp_path / "ir10.onnx"), providers=["CPUExecutionProvider"])
+    before = exported[2].read_bytes()
+    with pytest.raises(RuntimeError, match=r"breaks MFR rules: opset 17 \(limit <= 13"):
+        export_onnx.make_mfr_ready(str(exported[2]))
+    assert exported[2].read_bytes() == before  # refused before anything is written
