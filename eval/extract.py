@@ -16,8 +16,9 @@ feature in order.
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -27,7 +28,14 @@ from tqdm import tqdm
 
 from eval.faces import iter_batches, read_face
 from utils.dataset import IMAGE_EXTENSIONS, MXFaceDataset, list_image_folder
-from utils.distributed import DistEnv, all_gather_objects, barrier, cleanup, init_distributed
+from utils.distributed import (
+    DistEnv,
+    all_gather_objects,
+    barrier,
+    broadcast_object,
+    cleanup,
+    init_distributed,
+)
 from utils.errors import DatasetError
 
 if TYPE_CHECKING:  # eval.embedder loads the network code: not at import time
@@ -40,7 +48,9 @@ __all__ = [
     "extract_features",
     "finish_distributed",
     "iter_features",
+    "follow_rank0",
     "launch_env",
+    "lead_followers",
     "open_face_source",
     "rank_plan",
 ]
@@ -293,10 +303,39 @@ def extract_features(
 
 
 def launch_env() -> DistEnv | None:
-    """The process group when launched by torchrun with more than one process, else None."""
+    """The process group when launched by torchrun with more than one process, else None.
+
+    Ranks other than 0 log warnings only: rank 0 reports the run.
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None  # a plain run touches neither CUDA nor torch.distributed
-    return init_distributed()
+    env = init_distributed()
+    if not env.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    return env
+
+
+def lead_followers(env: DistEnv | None, evaluate: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``evaluate`` for rank 0 of a run folder: each weight file is announced to the other ranks
+    (:func:`follow_rank0`) before it is evaluated, so they embed the same files; rank 0 alone
+    reads and writes the steps cache, which decides which files need it."""
+    if env is None or not env.distributed:
+        return evaluate
+
+    def announced(path: str) -> Any:
+        broadcast_object(env, path)
+        return evaluate(path)
+
+    return announced
+
+
+def follow_rank0(env: DistEnv, evaluate: Callable[[str], Any]) -> None:
+    """On ranks other than 0: evaluate each weight file rank 0 announces, until it announces None.
+
+    Rank 0 ends the loop with ``broadcast_object(env, None)`` once its files are done.
+    """
+    while (path := broadcast_object(env, None)) is not None:
+        evaluate(path)
 
 
 def finish_distributed(env: DistEnv | None) -> None:

@@ -12,6 +12,10 @@ cached there too. Results: a table on stdout, OUT/<TARGET>_<name>_<mode>.json an
 summary numbers (TAR at FAR 1e-5 and 1e-4 per test mode, closed-set rank-1) are cached in
 OUT/<TARGET>_steps_cache.json so a re-run evaluates only new or changed files, and
 OUT/<TARGET>_steps_<mode>.json and the printed table give every step and the best one.
+
+Under ``torchrun --nproc_per_node=N`` each process (one GPU each where CUDA exists) embeds a
+share of the images (eval.extract: the same batches as one process, so the same features);
+rank 0 alone scores and writes the outputs and caches.
 """
 
 from __future__ import annotations
@@ -25,13 +29,13 @@ import sys
 import time
 
 import numpy as np
-import torch
 
-from eval.faces import iter_batches
+from eval import extract
 from eval.ijb import metrics, report
 from eval.ijb.data import IJBAlignedFaces, IJBMeta, load_meta, load_meta_1n
 from eval.steps import ResultCache, evaluate_steps, file_stamp, report_steps, settings_key
 from utils.cli import run_cli
+from utils.distributed import DistEnv, broadcast_object
 from utils.fileio import atomic_path, refuse_overwrite
 from utils.run_files import require_step_weights
 
@@ -114,18 +118,17 @@ def feature_cache_key(args: argparse.Namespace, meta: IJBMeta) -> tuple[str, dic
 
 
 def extract_features(
-    embedder, dataset: IJBAlignedFaces, batch_size: int = 128, num_workers: int = 2
+    embedder, dataset: IJBAlignedFaces, batch_size: int = 128, num_workers: int = 2,
+    env: DistEnv | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings of every aligned face and of its mirror image, float32 (N, D) each.
 
     ``num_workers`` threads read and align the images (eval.faces.iter_batches) while the
-    embedder runs the previous batch on its device (eval.embedder.embed_faces: the flip test).
+    embedder runs the previous batch on its device (eval.embedder's flip test); under torchrun
+    each rank embeds its share and every rank gets all of them (eval.extract).
     """
-    from eval.embedder import embed_faces  # imported here: importing eval.ijb must stay light
-
-    device = getattr(embedder, "device", torch.device("cpu"))
-    batches = iter_batches(dataset, batch_size, num_workers, pin_memory=torch.device(device).type == "cuda")
-    return embed_faces(embedder, batches, len(dataset), flip=True, desc="IJB features")
+    return extract.extract_features(embedder, dataset, batch_size, flip=True, env=env,
+                                    workers=num_workers, desc="IJB features")
 
 
 def load_embedder(args: argparse.Namespace):
@@ -137,29 +140,48 @@ def load_embedder(args: argparse.Namespace):
                          batch_size=args.batch_size, amp=args.amp, **kwargs)
 
 
-def features(
-    args: argparse.Namespace, meta: IJBMeta, cache_dir: str
-) -> tuple[np.ndarray, np.ndarray, str, bool]:
-    """(embs, embs_flip, cache path, loaded_from_cache): extract once, then reuse the cache."""
-    key, info = feature_cache_key(args, meta)
-    path = os.path.join(cache_dir, f"{meta.paths.target}_{args.name}_features_{key}.npz")
-    if os.path.exists(path) and not args.no_cache:
-        with np.load(path, allow_pickle=False) as z:
-            embs, embs_flip = z["embs"], z["embs_flip"]
-        if len(embs) == len(meta.names):
-            log.info("features: loaded from cache %s (%d images)", path, len(embs))
-            return embs, embs_flip, path, True
+def cached_features(path: str, meta: IJBMeta) -> tuple[np.ndarray, np.ndarray] | None:
+    """(embs, embs_flip) of the feature cache ``path``, or None when it is missing or stale."""
+    if not os.path.exists(path):
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        embs, embs_flip = z["embs"], z["embs_flip"]
+    if len(embs) != len(meta.names):
         log.warning("features: %s holds %d rows for %d images; re-extracting",
                     path, len(embs), len(meta.names))
+        return None
+    log.info("features: loaded from cache %s (%d images)", path, len(embs))
+    return embs, embs_flip
+
+
+def features(
+    args: argparse.Namespace, meta: IJBMeta, cache_dir: str, env: DistEnv | None = None
+) -> tuple[np.ndarray | None, np.ndarray | None, str, bool]:
+    """(embs, embs_flip, cache path, loaded_from_cache): extract once, then reuse the cache.
+
+    Under torchrun rank 0 reads and writes the cache; the other ranks embed their share when it
+    extracts, and get None features when it reads the cache.
+    """
+    key, info = feature_cache_key(args, meta)
+    path = os.path.join(cache_dir, f"{meta.paths.target}_{args.name}_features_{key}.npz")
+    main = env is None or env.is_main
+    cached = cached_features(path, meta) if main and not args.no_cache else None
+    # every rank must take the same branch: extraction is collective
+    if env is not None and broadcast_object(env, cached is not None):
+        return (*(cached or (None, None)), path, True)
+    if cached is not None:
+        return (*cached, path, True)
     embedder = load_embedder(args)
     dataset = IJBAlignedFaces(meta.paths.image_dir, meta.names, meta.landmarks)
     log.info("features: extracting %d images with %s (batch %d, %d workers)",
              len(dataset), args.weights, args.batch_size, args.num_workers)
     t0 = time.time()
-    embs, embs_flip = extract_features(embedder, dataset, args.batch_size, args.num_workers)
+    embs, embs_flip = extract_features(embedder, dataset, args.batch_size, args.num_workers, env)
     seconds = max(time.time() - t0, 1e-9)
     log.info("features: %.1f s, %.0f images/s (mirrors included)",
              seconds, 2 * len(dataset) / seconds)
+    if not main:
+        return embs, embs_flip, path, False
     os.makedirs(cache_dir, exist_ok=True)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
@@ -285,11 +307,15 @@ def main(argv: list[str] | None = None) -> dict:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s",
                             stream=sys.stdout)
-    if os.path.isdir(args.weights):
-        return evaluate_run_folder(args)
-    if not os.path.isfile(args.weights):
+    if not os.path.exists(args.weights):
         raise FileNotFoundError(f"--weights: no such file {args.weights}")
-    return evaluate_file(args)
+    env = extract.launch_env()
+    if os.path.isdir(args.weights):
+        results = evaluate_run_folder(args, env)
+    else:
+        results = evaluate_file(args, env)
+    extract.finish_distributed(env)
+    return results
 
 
 def step_scores(results: dict) -> dict[str, float]:
@@ -304,8 +330,11 @@ def step_scores(results: dict) -> dict[str, float]:
     return scores
 
 
-def evaluate_run_folder(args: argparse.Namespace) -> dict:
-    """Evaluate every per-step weight file of a run folder (cached), report each step and the best."""
+def evaluate_run_folder(args: argparse.Namespace, env: DistEnv | None = None) -> dict:
+    """Evaluate every per-step weight file of a run folder (cached), report each step and the best.
+
+    Under torchrun the other ranks embed the files rank 0 announces and return {}.
+    """
     steps = require_step_weights(args.weights)
     meta = load_meta(args.data_root, args.target)  # checked once, before any extraction
     target = meta.paths.target
@@ -322,17 +351,25 @@ def evaluate_run_folder(args: argparse.Namespace) -> dict:
         one = copy.copy(args)
         # the per-step result files are this folder's: rewritten whenever the weights change
         one.weights, one.name, one.force = path, os.path.splitext(os.path.basename(path))[0], True
-        return step_scores(evaluate_file(one))
+        return step_scores(evaluate_file(one, env))
 
-    rows = evaluate_steps(steps, cache, settings, evaluate, refresh=args.no_cache)
+    if env is not None and not env.is_main:
+        extract.follow_rank0(env, evaluate)
+        return {}
+    rows = evaluate_steps(steps, cache, settings, extract.lead_followers(env, evaluate), refresh=args.no_cache)
+    if env is not None:
+        broadcast_object(env, None)  # the followers' loop ends
     return report_steps(
         f"{target} per step (%), {args.weights}", rows, os.path.join(args.output, f"{target}_steps_{args.mode}.json"),
         target=target, run_folder=os.path.abspath(args.weights), mode=args.mode, test_modes=args.test_modes,
     )
 
 
-def evaluate_file(args: argparse.Namespace) -> dict:
-    """Evaluate one weights file (``args.weights``); returns the results written to the JSON file."""
+def evaluate_file(args: argparse.Namespace, env: DistEnv | None = None) -> dict:
+    """Evaluate one weights file (``args.weights``); returns the results written to the JSON file.
+
+    Under torchrun ranks other than 0 embed their share of the images and return {}.
+    """
     args.name = args.name or os.path.splitext(os.path.basename(args.weights))[0]
     meta = load_meta(args.data_root, args.target)
     target = meta.paths.target
@@ -348,7 +385,9 @@ def evaluate_file(args: argparse.Namespace) -> dict:
     log.info("%s: %d images, %d templates, %d pairs", target, len(meta.names),
              len(np.unique(meta.templates)), len(meta.p1))
 
-    embs, embs_flip, feat_path, from_cache = features(args, meta, cache_dir)
+    embs, embs_flip, feat_path, from_cache = features(args, meta, cache_dir, env)
+    if env is not None and not env.is_main:
+        return {}  # rank 0 scores and writes
     results = {
         "target": target,
         "name": args.name,

@@ -7,8 +7,9 @@ float32 values, row-major. A feature of dimension D is stored as a column vector
 header ``(D, 1, 4, 5)`` (5 = ``CV_32FC1``), then D float32.
 
 Extraction reads and aligns the images with eval.faces (threads ahead of the embedder) and embeds
-them with eval.embedder's flip test; a feature is gen_megaface.py's: the L2-normalised float32 sum
-of the embeddings of the image and of its mirror (the image's alone with ``flip=False``).
+them with eval.embedder's flip test, through eval.extract (under torchrun each rank embeds a share,
+rank 0 writes); a feature is gen_megaface.py's: the L2-normalised float32 sum of the embeddings of
+the image and of its mirror (the image's alone with ``flip=False``).
 
 Feature trees mirror the image trees: the feature of ``<root>/<rel path>`` is
 ``<feature root>/<rel path>_<algo>.bin``
@@ -31,7 +32,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from eval.faces import AlignedFaces, iter_batches, read_face
+from eval.extract import iter_features
+from eval.faces import AlignedFaces, read_face
+from utils.distributed import DistEnv, broadcast_object
 
 from .lists import MegaFaceError
 
@@ -244,34 +247,37 @@ def extract_features(
     image_size: int = 112,
     force: bool = False,
     desc: str = "extract",
+    env: DistEnv | None = None,
 ) -> ExtractStats:
-    """Write ``<feature_root>/<rel>_<algo>.bin`` per image; existing ones are kept unless force."""
+    """Write ``<feature_root>/<rel>_<algo>.bin`` per image; existing ones are kept unless force.
+
+    Under torchrun (``env``) every rank embeds its share of the images and rank 0 writes.
+    """
+    main = env is None or env.is_main
     todo = [
         i for i, rel in enumerate(rel_paths)
         if force or not os.path.exists(feature_path(feature_root, rel, algo))
-    ]
+    ] if main else None
+    if env is not None:
+        todo = broadcast_object(env, todo)  # rank 0's view of the tree: every rank the same list
     stats = ExtractStats(len(rel_paths), extracted=len(todo), skipped=len(rel_paths) - len(todo))
     logger.info("%s: %d images, %d features already in %s, %d to extract",
                 desc, stats.total, stats.skipped, feature_root, stats.extracted)
     if not todo:
         return stats
-    from eval.embedder import embed_batches  # here: importing eval.megaface loads no network code
-
     faces = face_images(image_root, [rel_paths[i] for i in todo], image_size)
-    batches = iter_batches(faces, batch_size, num_workers)
     made: set[str] = set()
-    done = 0
-    with tqdm(total=len(todo), desc=desc, unit="img") as bar:
-        for emb, emb_flip in embed_batches(embed, batches, flip):
-            # gen_megaface.py: the float32 sum of the two embeddings, L2-normalised
-            feats = l2_normalize(emb if emb_flip is None else emb + emb_flip)
-            for index, feat in zip(todo[done : done + len(feats)], feats):
-                path = feature_path(feature_root, rel_paths[index], algo)
-                folder = os.path.dirname(path)
-                if folder not in made:
-                    os.makedirs(folder, exist_ok=True)
-                    made.add(folder)
-                write_bin(path, feat)
-            done += len(feats)
-            bar.update(len(feats))
+    blocks = iter_features(embed, faces, batch_size, flip, env, num_workers, desc)
+    for done, emb, emb_flip in blocks:
+        if not main:
+            continue
+        # gen_megaface.py: the float32 sum of the two embeddings, L2-normalised
+        feats = l2_normalize(emb if emb_flip is None else emb + emb_flip)
+        for index, feat in zip(todo[done : done + len(feats)], feats):
+            path = feature_path(feature_root, rel_paths[index], algo)
+            folder = os.path.dirname(path)
+            if folder not in made:
+                os.makedirs(folder, exist_ok=True)
+                made.add(folder)
+            write_bin(path, feat)
     return stats

@@ -18,6 +18,10 @@ Steps (insightface's gen_megaface.py + remove_noises.py + run.sh, without mxnet)
    ``OUT/megaface_<algo>.json``, ``OUT/cmc_<algo>.png``, ``OUT/roc_<algo>.png`` and a table.
 4. with ``--devkit DIR``: the official run_experiment.py on the same features (OUT/devkit_<algo>/).
 
+Under ``torchrun --nproc_per_node=N`` each process (one GPU each where CUDA exists) embeds a share
+of the images (eval.extract: the same batches as one process, so the same features); rank 0 alone
+writes the features and runs steps 2-4.
+
 ``--weights`` may be a run folder: each per-step weight file (``backbone-<step>.pth``,
 ``<step>model.pth``, ``checkpoint-<step>.pt``) is evaluated as above with the file's name as its
 algo; rank-1 and TAR at the first ``--fars`` on the largest distractor set are cached per file in
@@ -43,8 +47,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from eval import extract
 from eval.steps import ResultCache, evaluate_steps, file_stamp, report_steps, settings_key
 from utils.cli import run_cli
+from utils.distributed import DistEnv, broadcast_object
 from utils.fileio import atomic_write_bytes
 from utils.run_files import require_step_weights
 
@@ -252,8 +258,11 @@ def _devkit_summary(devkit_results: dict) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace, embedder: EmbedFn | None = None) -> dict:
-    """Run the whole evaluation for parsed ``args``; ``embedder`` replaces loading --weights."""
+def run(args: argparse.Namespace, embedder: EmbedFn | None = None, env: DistEnv | None = None) -> dict:
+    """Run the whole evaluation for parsed ``args``; ``embedder`` replaces loading --weights.
+
+    Under torchrun (``env``) ranks other than 0 embed their share of the images and return {}.
+    """
     cfg = _resolve(args)
     algo, out = cfg["algo"], args.output
     json_path = os.path.join(out, f"megaface_{algo}.json")
@@ -266,16 +275,20 @@ def run(args: argparse.Namespace, embedder: EmbedFn | None = None) -> dict:
 
     # 1. features (kept across runs)
     feature_dir = os.path.join(out, "features")
-    _check_stamp(feature_dir, algo, args)
+    main = env is None or env.is_main
+    if main:
+        _check_stamp(feature_dir, algo, args)  # rank 0 writes the stamp
     if embedder is None:
         embedder = _load_embedder(args)
     common = {"flip": not args.no_flip, "batch_size": args.batch_size,
-              "num_workers": args.num_workers, "force": args.force}
+              "num_workers": args.num_workers, "force": args.force, "env": env}
     fs_dir, mf_dir = os.path.join(feature_dir, "facescrub"), os.path.join(feature_dir, "megaface")
     fs_stats = extract_features(embedder, args.facescrub_root, probe.paths, fs_dir, algo,
                                 desc="facescrub", **common)
     mf_stats = extract_features(embedder, args.megaface_root, union, mf_dir, algo,
                                 desc="megaface", **common)
+    if not main:
+        return {}  # rank 0 scores and writes
     probes = load_features(fs_dir, probe.paths, algo, desc="read facescrub")
     distractors = load_features(mf_dir, union, algo, desc="read megaface")
 
@@ -354,10 +367,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m eval.megaface.megaface_eval``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
+    env = extract.launch_env()
     if args.weights and os.path.isdir(args.weights):
-        run_folder(args)
+        run_folder(args, env)
     else:
-        run(args)
+        run(args, env=env)
+    extract.finish_distributed(env)
     return 0
 
 
@@ -371,8 +386,11 @@ def step_scores(results: dict) -> dict[str, float]:
     return scores
 
 
-def run_folder(args: argparse.Namespace) -> dict:
-    """Evaluate every per-step weight file of a run folder (cached), report each step and the best."""
+def run_folder(args: argparse.Namespace, env: DistEnv | None = None) -> dict:
+    """Evaluate every per-step weight file of a run folder (cached), report each step and the best.
+
+    Under torchrun the other ranks embed the files rank 0 announces and return {}.
+    """
     steps = require_step_weights(args.weights)
     cfg = _resolve(args)  # the inputs are checked once, before any extraction
     lists = [cfg["probe_list"], *(cfg["noises"] or ())]
@@ -390,9 +408,15 @@ def run_folder(args: argparse.Namespace) -> dict:
         stem = default_algo(path)
         # each step's features and results under its own algo; results follow the weights
         one.weights, one.algo, one.overwrite_results = path, f"{args.algo}-{stem}" if args.algo else stem, True
-        return step_scores(run(one))
+        results = run(one, env=env)
+        return step_scores(results) if results else {}
 
-    rows = evaluate_steps(steps, cache, settings, evaluate, refresh=args.force)
+    if env is not None and not env.is_main:
+        extract.follow_rank0(env, evaluate)
+        return {}
+    rows = evaluate_steps(steps, cache, settings, extract.lead_followers(env, evaluate), refresh=args.force)
+    if env is not None:
+        broadcast_object(env, None)  # the followers' loop ends
     return report_steps(f"MegaFace per step (%), {args.weights}", rows,
                         os.path.join(args.output, "megaface_steps.json"), digits=3,
                         run_folder=os.path.abspath(args.weights))
