@@ -22,12 +22,14 @@ import numpy as np
 from utils.registry import Registry
 
 __all__ = [
+    "CHILD_AGES",
     "IMAGE_SIZE",
     "NuisanceProfile",
     "PROFILES",
     "STREAM_EVAL",
     "STREAM_IDENTITY",
     "STREAM_TRAIN",
+    "child_identity",
     "encode_jpeg",
     "get_profile",
     "identity_rng",
@@ -186,6 +188,47 @@ def sample_identity(rng: np.random.Generator) -> dict[str, Any]:
                            rng.uniform(0.8, 1.7, n_moles)], 1).astype(np.float32),
         "blush": u(0.0, 0.25),
     }
+
+
+CHILD_AGES = (4.0, 14.0)  # the ages child_identity accepts
+ADULT_AGE = 18.0  # sample_identity's youngest: child proportions fade out towards it
+
+
+def child_identity(ident: dict[str, Any], age: float) -> dict[str, Any]:
+    """The identity as a child of ``age`` years (CHILD_AGES): a child's proportions, no beard.
+
+    sample_identity draws adults only (18-72) and render's age only greys and wrinkles, so a
+    young face needs its geometry changed: in an aligned crop a child has a short lower face
+    (small nose, mouth close to it, a round jaw), large eyes and irises and faint brows. The
+    identity's own parameters are scaled, not redrawn, so the child still resembles the adult.
+    A new function rather than a new draw in sample_identity: every existing set stays byte-identical.
+    """
+    lo, hi = CHILD_AGES
+    if not lo <= age <= hi:
+        raise ValueError(f"child age must be in {lo:g}..{hi:g} years, got {age:g}")
+    t = (ADULT_AGE - age) / (ADULT_AGE - lo)  # 1 at the youngest, ~0.3 at the oldest child
+    c = dict(ident)
+    c.update(
+        age=float(age),
+        face_a=ident["face_a"] * (1 + 0.04 * t),
+        face_b=ident["face_b"] * (1 - 0.1 * t),
+        jaw=ident["jaw"] * (1 - 0.7 * t),
+        chin_pow=ident["chin_pow"] * (1 - 0.3 * t),
+        eye_w=ident["eye_w"] * (1 + 0.1 * t),
+        eye_h=ident["eye_h"] * (1 + 0.25 * t),
+        iris=min(ident["iris"] * (1 + 0.25 * t), 0.85),
+        brow_thick=max(1, ident["brow_thick"] - round(2 * t)),
+        brow_dark=ident["brow_dark"] * (1 - 0.3 * t),
+        nose_len=ident["nose_len"] * (1 - 0.2 * t),
+        nose_w=ident["nose_w"] * (1 - 0.2 * t),
+        nose_out=ident["nose_out"] * (1 - 0.5 * t),
+        nose_hook=ident["nose_hook"] * (1 - t),
+        mouth_y=ident["mouth_y"] * (1 - 0.2 * t),
+        mouth_w=ident["mouth_w"] * (1 - 0.2 * t),
+        blush=ident["blush"] + 0.12 * t,
+        beard=0, recede=0.0, wrinkle=0.0, weight_gain=0.0,
+    )
+    return c
 
 
 # --------------------------------------------------------------------------------------------
