@@ -85,6 +85,7 @@ _GUARD = 64  # bins past +-1: a quantised norm exceeds 1 by up to sqrt(d) * 2^-2
 _OFFSET = (1 << _BIN_BITS) + _GUARD
 _NBINS = (1 << (_BIN_BITS + 1)) + 2 * _GUARD
 _SUB_BINS = 1 << 20  # bins of a refining pass
+_QUANT_CHUNK = 1 << 16  # rows quantised at a time
 _PAIR_CHUNK = 4096  # positive pairs scored per gather (2 x chunk x d floats)
 
 
@@ -143,15 +144,18 @@ def quantise_features(features: np.ndarray | torch.Tensor, what: str = "features
     x = features.detach().cpu().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
     if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
         raise AllToAllError(f"{what}: expected a numeric (N, d) array, got {x.dtype} of shape {x.shape}")
-    x = x.astype(np.float64)
     bad = ~np.isfinite(x).all(axis=1)
     if bad.any():
         rows = np.flatnonzero(bad)
         raise AllToAllError(f"{what}: {len(rows)} row(s) hold NaN or inf, the first row {rows[0]}")
-    norms = np.sqrt((x * x).sum(axis=1))
-    if (norms == 0).any():
-        raise AllToAllError(f"{what}: row {int(np.flatnonzero(norms == 0)[0])} is all zeros (no direction)")
-    q = np.rint(x / norms[:, None] * 2.0**QUANT_BITS) * 2.0**-QUANT_BITS
+    q = np.empty(x.shape, np.float64)
+    for start in range(0, len(x), _QUANT_CHUNK):  # chunks: the float64 temporaries stay small
+        rows = x[start : start + _QUANT_CHUNK].astype(np.float64)
+        norms = np.sqrt((rows * rows).sum(axis=1))
+        if (norms == 0).any():
+            raise AllToAllError(f"{what}: row {start + int(np.flatnonzero(norms == 0)[0])} is all zeros "
+                                "(no direction)")
+        q[start : start + len(rows)] = np.rint(rows / norms[:, None] * 2.0**QUANT_BITS) * 2.0**-QUANT_BITS
     # the bins past +-1 (_GUARD) must hold every score: |score| <= max |q|^2
     if len(q) and float((q * q).sum(axis=1).max()) >= 1 + _GUARD * 2.0**-_BIN_BITS:
         raise AllToAllError(f"{what}: dimension {x.shape[1]} too large for the exact score grid")
@@ -490,8 +494,8 @@ def all_to_all_table(
 
     Memory besides the inputs: the quantised features (8 N d bytes, on ``device``: default cuda
     when available), the positive scores (8 N_pos bytes, plus their index pairs while they are
-    scored), two 8 MB histograms, and per block about 16 * block_size^2 bytes (a float64 score
-    block and its int32 bins; the diagonal blocks a mask and copy more). Never N x N.
+    scored), two 8 MB histograms, and per block about 20 * block_size^2 bytes (a float64 score
+    block, its int32 bins and their offsets; the diagonal blocks a mask and a copy more). Never N x N.
     ``unreachable``: "error" (a FAR below 1 / N_neg raises :class:`AllToAllError`) or "skip" (it is
     left out and listed in ``skipped``). ``desc`` shows progress bars.
     """
@@ -546,15 +550,18 @@ def group_tables(
     for name in names:
         rows = np.asarray([g == name for g in groups], dtype=bool)
         sub = desc and f"{desc} [{name}]"
-        if gallery is None:
-            tables[name] = all_to_all_table(np.asarray(features)[rows], np.asarray(labels)[rows], fars,
-                                            block_size, device, unreachable, desc=sub)
-        else:
-            g_feats, g_labels, g_groups = gallery
-            cols = np.asarray([g == name for g in g_groups], dtype=bool)
-            tables[name] = cross_table(np.asarray(features)[rows], np.asarray(labels)[rows],
-                                       np.asarray(g_feats)[cols], np.asarray(g_labels)[cols], fars,
-                                       block_size, device, unreachable, desc=sub)
+        try:
+            if gallery is None:
+                tables[name] = all_to_all_table(np.asarray(features)[rows], np.asarray(labels)[rows], fars,
+                                                block_size, device, unreachable, desc=sub)
+            else:
+                g_feats, g_labels, g_groups = gallery
+                cols = np.asarray([g == name for g in g_groups], dtype=bool)
+                tables[name] = cross_table(np.asarray(features)[rows], np.asarray(labels)[rows],
+                                           np.asarray(g_feats)[cols], np.asarray(g_labels)[cols], fars,
+                                           block_size, device, unreachable, desc=sub)
+        except AllToAllError as exc:
+            raise AllToAllError(f"group {name!r}: {exc}") from None
     return tables
 
 
@@ -614,7 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fars", type=float, nargs="+",
                    help="target FARs (default 1e-1 ... 1e-6, those the negatives reach; given ones must be)")
     g.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE,
-                   help="images per score block (memory about 16 x block^2 bytes)")
+                   help="images per score block (memory about 20 x block^2 bytes)")
     g.add_argument("--device", help="cuda / cpu for the scores and the embedder (default: cuda when available)")
     g.add_argument("--output", help="folder for the JSON, the ROC PNG and the feature cache (needed with --weights)")
     g.add_argument("--name", help="name in the output files (default: the weights' or features' stem)")

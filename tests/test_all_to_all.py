@@ -96,6 +96,13 @@ def test_same_bits_for_any_block_size_and_image_order():
         assert table.rows == ref.rows and table.roc == ref.roc  # dataclass equality: bit for bit
 
 
+def test_quantisation_is_row_by_row_across_its_chunks():
+    """A row's grid value does not depend on the other rows (chunks of 2^16 rows included)."""
+    x = np.random.default_rng(9).normal(size=(70_000, 4)).astype(np.float32)
+    perm = np.random.default_rng(1).permutation(len(x))
+    assert np.array_equal(quantise_features(x)[perm], quantise_features(x[perm]))
+
+
 def test_ties_at_the_threshold_follow_the_spec():
     """Duplicated images make runs of equal scores: the threshold is the (k+1)-th largest, accepts are > it."""
     base, base_labels = clustered(40, 6, 10, seed=2)
@@ -179,6 +186,8 @@ def test_errors_name_the_value():
         tar_at_far(feats, np.zeros(50), [0.1])
     with pytest.raises(AllToAllError, match="block_size"):
         tar_at_far(feats, labels, [0.1], block_size=0)
+    with pytest.raises(AllToAllError, match="group 'solo': no positive"):
+        group_tables(feats, labels, ["solo"] * 2 + ["big"] * 48, [0.1])
     assert issubclass(AllToAllError, UserError) and issubclass(AllToAllError, ValueError)
     table = all_to_all_table(feats, labels, [1e-1, 1e-5], unreachable="skip")
     assert [r.far for r in table.rows] == [1e-1] and table.skipped == [1e-5]
