@@ -538,11 +538,13 @@ def group_tables(
     unreachable: str = "error",
     gallery: tuple[Any, Any, Sequence[str | None]] | None = None,
     desc: str | None = None,
+    skip_empty: bool = False,
 ) -> dict[str, AllToAllTable]:
     """One table per group (sorted by name): the pairs with both images in the group.
 
     ``groups``: a group name per image; None or "" is in no group. ``gallery`` (features, labels,
-    groups): cross pairs (probe in the group, gallery image in the group) instead.
+    groups): cross pairs (probe in the group, gallery image in the group) instead. ``skip_empty``:
+    a group without positive or without negative pairs is left out (logged), not an error.
     """
     _check_lengths(features, groups, "features/groups")
     names = _group_names(groups, None if gallery is None else gallery[2])
@@ -550,6 +552,12 @@ def group_tables(
     for name in names:
         rows = np.asarray([g == name for g in groups], dtype=bool)
         sub = desc and f"{desc} [{name}]"
+        if skip_empty:
+            cols = None if gallery is None else np.asarray([g == name for g in gallery[2]], dtype=bool)
+            g_labels = None if gallery is None else np.asarray(gallery[1])[cols]
+            if 0 in count_pairs(np.asarray(labels)[rows], g_labels):
+                log.warning("group %r: no positive or no negative pairs; no table", name)
+                continue
         try:
             if gallery is None:
                 tables[name] = all_to_all_table(np.asarray(features)[rows], np.asarray(labels)[rows], fars,
@@ -748,14 +756,16 @@ def _tables(args: argparse.Namespace, sets: list[_Set]) -> dict[str, AllToAllTab
         (one,) = sets
         tables = {"all": all_to_all_table(one.features, one.labels, fars, **opts)}
         if args.groups:
-            tables.update(group_tables(one.features, one.labels, read_groups(args.groups, one.names), fars, **opts))
+            groups = read_groups(args.groups, one.names)
+            tables.update(group_tables(one.features, one.labels, groups, fars, skip_empty=True, **opts))
         return tables
     probe, gallery = sets
     tables = {"all": cross_table(probe.features, probe.labels, gallery.features, gallery.labels, fars, **opts)}
     if args.groups:
         gallery_groups = read_groups(args.groups, gallery.names)
         tables.update(group_tables(probe.features, probe.labels, read_groups(args.groups, probe.names), fars,
-                                   gallery=(gallery.features, gallery.labels, gallery_groups), **opts))
+                                   gallery=(gallery.features, gallery.labels, gallery_groups), skip_empty=True,
+                                   **opts))
     return tables
 
 

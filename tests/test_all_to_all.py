@@ -188,6 +188,8 @@ def test_errors_name_the_value():
         tar_at_far(feats, labels, [0.1], block_size=0)
     with pytest.raises(AllToAllError, match="group 'solo': no positive"):
         group_tables(feats, labels, ["solo"] * 2 + ["big"] * 48, [0.1])
+    solo = np.r_[[99, 99], labels[2:]]  # one identity: positives only
+    assert list(group_tables(feats, solo, ["solo"] * 2 + ["big"] * 48, [0.1], skip_empty=True)) == ["big"]
     assert issubclass(AllToAllError, UserError) and issubclass(AllToAllError, ValueError)
     table = all_to_all_table(feats, labels, [1e-1, 1e-5], unreachable="skip")
     assert [r.far for r in table.rows] == [1e-1] and table.skipped == [1e-5]
