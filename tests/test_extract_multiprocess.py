@@ -153,3 +153,24 @@ def test_megaface_cli_on_two_processes_is_one_process(megaface_tree, weights, tm
         assert (outs[1] / rel).read_bytes() == (outs[2] / rel).read_bytes(), rel
     results = [json.loads((out / "megaface_tiny.json").read_text()) for out in outs.values()]
     assert results[0]["sizes"] == results[1]["sizes"] and results[0]["extraction"] == results[1]["extraction"]
+
+
+def test_all_to_all_cli_on_two_processes_is_one_process(weights, tmp_path):
+    from tools import make_synthetic_mfr
+
+    data = tmp_path / "mfr"
+    make_synthetic_mfr.main(["--output", str(data), "--identities", "8", "--images-per-id", "3",
+                             "--mask-identities", "4", "--workers", "1", "--no-progress"])
+    outs = {n: tmp_path / f"out{n}" for n in (1, 2)}
+    for n, out in outs.items():
+        printed = run(["-m", "eval.all_to_all", "--weights", weights, "--data", data / "all", "--groups",
+                       data / "groups_age.txt", "--fars", "0.1", "--batch-size", "4", "--workers", "2",
+                       "--device", "cpu", "--output", out], processes=n)
+        assert printed.count("TAR") >= 1
+    tables = [json.loads((out / "all_to_all_tiny.json").read_text()) for out in outs.values()]
+    assert tables[0] == tables[1]
+    caches = [sorted(out.glob("features_*.npz")) for out in outs.values()]
+    assert [p.name for p in caches[0]] == [p.name for p in caches[1]] and caches[0]
+    for a, b in zip(caches[0], caches[1]):
+        one, two = np.load(a), np.load(b)
+        assert all(np.array_equal(one[k], two[k]) for k in one.files)
