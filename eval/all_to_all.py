@@ -852,7 +852,6 @@ def step_scores(results: dict) -> dict[str, float]:
 def evaluate_run_folder(args: argparse.Namespace, env: Any = None) -> dict:
     """Every per-step weight file of a run folder (results cached per file), each step and the best."""
     from eval import extract
-    from utils.distributed import broadcast_object
 
     steps = require_step_weights(args.weights)
     data = [p for p in (args.data, args.probe, args.gallery, args.groups) if p]
@@ -869,12 +868,10 @@ def evaluate_run_folder(args: argparse.Namespace, env: Any = None) -> dict:
         results = evaluate_file(one, env)
         return step_scores(results) if results else {}
 
-    if env is not None and not env.is_main:
-        extract.follow_rank0(env, evaluate)
+    rows = extract.steps_on_ranks(env, evaluate, lambda ev: evaluate_steps(steps, cache, settings, ev,
+                                                                           refresh=args.force))
+    if rows is None:  # a rank other than 0
         return {}
-    rows = evaluate_steps(steps, cache, settings, extract.lead_followers(env, evaluate), refresh=args.force)
-    if env is not None:
-        broadcast_object(env, None)  # the followers' loop ends
     return report_steps(f"all-to-all per step (%), {args.weights}", rows,
                         os.path.join(args.output, "all_to_all_steps.json"), digits=3,
                         run_folder=os.path.abspath(args.weights))

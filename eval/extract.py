@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -48,12 +48,13 @@ __all__ = [
     "extract_features",
     "finish_distributed",
     "iter_features",
-    "follow_rank0",
     "launch_env",
-    "lead_followers",
     "open_face_source",
     "rank_plan",
+    "steps_on_ranks",
 ]
+
+T = TypeVar("T")
 
 FACE_SIZE = 112
 # batches per rank between two all-gathers: bounds the memory of a gather (and of what a
@@ -315,27 +316,30 @@ def launch_env() -> DistEnv | None:
     return env
 
 
-def lead_followers(env: DistEnv | None, evaluate: Callable[[str], Any]) -> Callable[[str], Any]:
-    """``evaluate`` for rank 0 of a run folder: each weight file is announced to the other ranks
-    (:func:`follow_rank0`) before it is evaluated, so they embed the same files; rank 0 alone
-    reads and writes the steps cache, which decides which files need it."""
+def steps_on_ranks(
+    env: DistEnv | None, evaluate: Callable[[str], Any], run_loop: Callable[[Callable[[str], Any]], T]
+) -> T | None:
+    """A run folder's loop on every rank: rank 0 runs ``run_loop(evaluate')`` and returns its result.
+
+    ``evaluate'`` announces each weight file to the other ranks before evaluating it, so they
+    embed the same files with rank 0; they evaluate what is announced until rank 0 is done and
+    return None. Rank 0 alone reads and writes the steps cache, which decides which files need it.
+    One process: ``run_loop(evaluate)``.
+    """
     if env is None or not env.distributed:
-        return evaluate
+        return run_loop(evaluate)
+    if not env.is_main:
+        while (path := broadcast_object(env, None)) is not None:
+            evaluate(path)
+        return None
 
     def announced(path: str) -> Any:
         broadcast_object(env, path)
         return evaluate(path)
 
-    return announced
-
-
-def follow_rank0(env: DistEnv, evaluate: Callable[[str], Any]) -> None:
-    """On ranks other than 0: evaluate each weight file rank 0 announces, until it announces None.
-
-    Rank 0 ends the loop with ``broadcast_object(env, None)`` once its files are done.
-    """
-    while (path := broadcast_object(env, None)) is not None:
-        evaluate(path)
+    result = run_loop(announced)
+    broadcast_object(env, None)  # the other ranks' loop ends
+    return result
 
 
 def finish_distributed(env: DistEnv | None) -> None:

@@ -353,12 +353,10 @@ def evaluate_run_folder(args: argparse.Namespace, env: DistEnv | None = None) ->
         one.weights, one.name, one.force = path, os.path.splitext(os.path.basename(path))[0], True
         return step_scores(evaluate_file(one, env))
 
-    if env is not None and not env.is_main:
-        extract.follow_rank0(env, evaluate)
+    rows = extract.steps_on_ranks(env, evaluate, lambda ev: evaluate_steps(steps, cache, settings, ev,
+                                                                           refresh=args.no_cache))
+    if rows is None:  # a rank other than 0
         return {}
-    rows = evaluate_steps(steps, cache, settings, extract.lead_followers(env, evaluate), refresh=args.no_cache)
-    if env is not None:
-        broadcast_object(env, None)  # the followers' loop ends
     return report_steps(
         f"{target} per step (%), {args.weights}", rows, os.path.join(args.output, f"{target}_steps_{args.mode}.json"),
         target=target, run_folder=os.path.abspath(args.weights), mode=args.mode, test_modes=args.test_modes,

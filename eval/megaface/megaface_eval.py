@@ -50,7 +50,7 @@ import torch
 from eval import extract
 from eval.steps import ResultCache, evaluate_steps, file_stamp, report_steps, settings_key
 from utils.cli import run_cli
-from utils.distributed import DistEnv, broadcast_object
+from utils.distributed import DistEnv
 from utils.fileio import atomic_write_bytes
 from utils.run_files import require_step_weights
 
@@ -411,12 +411,10 @@ def run_folder(args: argparse.Namespace, env: DistEnv | None = None) -> dict:
         results = run(one, env=env)
         return step_scores(results) if results else {}
 
-    if env is not None and not env.is_main:
-        extract.follow_rank0(env, evaluate)
+    rows = extract.steps_on_ranks(env, evaluate, lambda ev: evaluate_steps(steps, cache, settings, ev,
+                                                                           refresh=args.force))
+    if rows is None:  # a rank other than 0
         return {}
-    rows = evaluate_steps(steps, cache, settings, extract.lead_followers(env, evaluate), refresh=args.force)
-    if env is not None:
-        broadcast_object(env, None)  # the followers' loop ends
     return report_steps(f"MegaFace per step (%), {args.weights}", rows,
                         os.path.join(args.output, "megaface_steps.json"), digits=3,
                         run_folder=os.path.abspath(args.weights))
