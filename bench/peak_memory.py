@@ -18,6 +18,12 @@ import sys
 
 import torch  # now: a module first imported in an atexit hook cannot register its own (concurrent.futures)
 
+# the project's own modules, found after anything the wrapped script's folder or the cwd holds
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils.cli import run_cli  # noqa: E402
+from utils.errors import UsageError  # noqa: E402
+
 __all__ = ["peak_memory_line", "main"]
 
 
@@ -34,7 +40,7 @@ def peak_memory_line() -> str:
 def main(argv: list[str]) -> None:
     """Run ``argv`` (``script.py args...`` or ``-m module args...``) as ``__main__``."""
     if not argv or argv == ["-m"]:
-        raise SystemExit("usage: python bench/peak_memory.py (script.py | -m module) [args...]")
+        raise UsageError("usage: python bench/peak_memory.py (script.py | -m module) [args...]")
     atexit.register(lambda: print(peak_memory_line(), flush=True))
     if argv[0] == "-m":
         sys.argv = argv[1:]
@@ -46,6 +52,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.pop(0)  # this folder (bench/): the script's own folder goes first instead
-    sys.path.insert(0, os.getcwd())  # modules (-m) are found from the working directory, as `python -m`
-    main(sys.argv[1:])
+    sys.path[0] = os.getcwd()  # not bench/: modules (-m) are found from the working directory, as `python -m`
+    run_cli(main, sys.argv[1:])
