@@ -29,4 +29,5 @@ def test_runs_a_module_of_the_repository_like_python_m(tmp_path):
 def test_without_a_script_is_a_usage_error_through_run_cli():
     done = subprocess.run([sys.executable, "bench/peak_memory.py", "-m"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2
-    assert done.stderr.strip() == "error: UsageError: usage: python bench/peak_memory.py (script.py | -m module) [args...]"
+    usage = "usage: python bench/peak_memory.py (script.py | -m module) [args...]"
+    assert done.stderr.strip() == f"error: UsageError: {usage}"
