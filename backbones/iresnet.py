@@ -75,15 +75,16 @@ class IBasicBlock(nn.Module):
         stride: int = 1,
         downsample: nn.Module | None = None,
         use_se: bool = False,
+        bn_eps: float = 1e-05,
     ):
         super().__init__()
-        self.bn1 = nn.BatchNorm2d(inplanes, eps=1e-05)
+        self.bn1 = nn.BatchNorm2d(inplanes, eps=bn_eps)
         self.conv1 = conv3x3(inplanes, planes)
-        self.bn2 = nn.BatchNorm2d(planes, eps=1e-05)
+        self.bn2 = nn.BatchNorm2d(planes, eps=bn_eps)
         self.prelu = nn.PReLU(planes)
         # The stride sits on the second conv, as in insightface's iresnet.
         self.conv2 = conv3x3(planes, planes, stride)
-        self.bn3 = nn.BatchNorm2d(planes, eps=1e-05)
+        self.bn3 = nn.BatchNorm2d(planes, eps=bn_eps)
         self.downsample = downsample
         self.stride = stride
         self.use_se = use_se
@@ -112,6 +113,7 @@ class IResNet(FaceBackbone):
         use_se: bool = False,
         width: int = 64,
         zero_init_residual: bool = False,
+        bn_eps: float = 1e-05,
     ):
         super().__init__()
         if len(layers) != 4 or any(int(n) < 1 for n in layers):
@@ -120,22 +122,25 @@ class IResNet(FaceBackbone):
             raise ValueError(f"IResNet: width must be >= 1, got {width}")
         if num_features < 1:
             raise ValueError(f"IResNet: num_features must be >= 1, got {num_features}")
+        if not 0.0 < bn_eps < 1.0:
+            raise ValueError(f"IResNet: bn_eps must be in (0, 1), got {bn_eps}")
         self.width = width
         self.use_se = use_se
+        self.bn_eps = bn_eps  # insightface 1e-5; MagFace's iresnet 2e-5 (its released weights need it)
         self.inplanes = width
         self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width, eps=1e-05)
+        self.bn1 = nn.BatchNorm2d(width, eps=bn_eps)
         self.prelu = nn.PReLU(width)
         self.layer1 = self._make_layer(width, layers[0], stride=2)
         self.layer2 = self._make_layer(width * 2, layers[1], stride=2)
         self.layer3 = self._make_layer(width * 4, layers[2], stride=2)
         self.layer4 = self._make_layer(width * 8, layers[3], stride=2)
-        self.bn2 = nn.BatchNorm2d(width * 8, eps=1e-05)
+        self.bn2 = nn.BatchNorm2d(width * 8, eps=bn_eps)
         # Not in-place: forward_trunk's output may be reused (double_forward, callers).
         self.dropout = nn.Dropout(p=0.0)
         self.dropout_p = dropout
         self.fc = nn.Linear(width * 8 * self.fc_scale, num_features)
-        self.features = nn.BatchNorm1d(num_features, eps=1e-05)
+        self.features = nn.BatchNorm1d(num_features, eps=bn_eps)
         self._init_weights(zero_init_residual)
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
@@ -144,11 +149,12 @@ class IResNet(FaceBackbone):
         if stride != 1 or self.inplanes != planes:
             downsample = nn.Sequential(
                 conv1x1(self.inplanes, planes, stride),
-                nn.BatchNorm2d(planes, eps=1e-05),
+                nn.BatchNorm2d(planes, eps=self.bn_eps),
             )
-        stage = [IBasicBlock(self.inplanes, planes, stride, downsample, use_se=self.use_se)]
+        options = {"use_se": self.use_se, "bn_eps": self.bn_eps}
+        stage = [IBasicBlock(self.inplanes, planes, stride, downsample, **options)]
         self.inplanes = planes
-        stage += [IBasicBlock(planes, planes, use_se=self.use_se) for _ in range(1, blocks)]
+        stage += [IBasicBlock(planes, planes, **options) for _ in range(1, blocks)]
         return nn.Sequential(*stage)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
@@ -184,7 +190,7 @@ class IResNet(FaceBackbone):
 
 
 def _iresnet(layers: Sequence[int], **kwargs: Any) -> IResNet:
-    # Keyword arguments only (dropout, num_features, use_se, width, zero_init_residual): the
+    # Keyword arguments only (dropout, num_features, use_se, width, zero_init_residual, bn_eps): the
     # insightface positional `pretrained` flag and `fp16` are deliberately not accepted.
     return IResNet(layers, **kwargs)
 

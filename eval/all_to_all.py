@@ -50,7 +50,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from eval.steps import ResultCache, evaluate_steps, file_stamp, report_steps, settings_key
+from eval.steps import ResultCache, evaluate_steps, file_stamp, optional_settings, report_steps, settings_key
+from utils.checkpoint import add_channel_order_argument
 from utils.cli import run_cli
 from utils.errors import UsageError, UserError
 from utils.fileio import atomic_path, atomic_write_bytes, refuse_overwrite
@@ -620,6 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--groups", help="lines '<relative path> <group>' (paths as under the data folder; "
                    "for feature files the 'names' or the row numbers): a table per group")
     g.add_argument("--network", help="backbone name (read from our checkpoints when omitted)")
+    add_channel_order_argument(g)
     g.add_argument("--batch-size", type=int, default=128)
     g.add_argument("--workers", type=int, default=2, help="processes reading the faces")
     g.add_argument("--no-amp", action="store_true", help="fp32 on GPU (AMP is the default there)")
@@ -701,6 +703,7 @@ def _extract_set(args: argparse.Namespace, path: str, embedder: dict, env: Any, 
         "weights": weights, "weights_stamp": file_stamp(weights), "data": os.path.abspath(path),
         "data_stamp": settings_key({"stamps": [file_stamp(p) for p in source.stamp_paths]}),
         "network": args.network, "flip": not args.no_flip, "amp": not args.no_amp,
+        **optional_settings(channel_order=args.channel_order),
     })
     cache = os.path.join(args.output, f"features_{what}_{key}.npz")
     main_rank = env is None or env.is_main
@@ -714,7 +717,8 @@ def _extract_set(args: argparse.Namespace, path: str, embedder: dict, env: Any, 
         from eval.embedder import Embedder
 
         embedder["embed"] = Embedder.load(args.weights, network=args.network, device=args.device,
-                                          batch_size=args.batch_size, amp=False if args.no_amp else None)
+                                          batch_size=args.batch_size, amp=False if args.no_amp else None,
+                                          channel_order=args.channel_order)
     embs, embs_flip = extract_features(embedder["embed"], source, batch_size=args.batch_size,
                                        flip=not args.no_flip, env=env, workers=args.workers,
                                        desc=f"{what} features")
@@ -858,6 +862,7 @@ def evaluate_run_folder(args: argparse.Namespace, env: Any = None) -> dict:
     settings = settings_key({
         "data": [{"path": os.path.abspath(p), **(file_stamp(p) if os.path.isfile(p) else {})} for p in data],
         "fars": args.fars, "flip": not args.no_flip, "network": args.network, "amp": not args.no_amp,
+        **optional_settings(channel_order=args.channel_order),
     })
     os.makedirs(args.output, exist_ok=True)
     cache = ResultCache(os.path.join(args.output, "all_to_all_steps_cache.json"))

@@ -28,12 +28,15 @@ from tqdm import tqdm
 from backbones import get_backbone
 from utils.checkpoint import (
     CheckpointError,
+    accept_rgb,
     apply_state,
+    check_channel_order,
     extract_backbone_state,
     infer_network,
     load_state,
 )
 from utils.cpu_memory import keep_freed_memory
+from utils.layouts import KNOWN_LAYOUTS
 from utils.loader import normalize_batch
 
 __all__ = [
@@ -150,13 +153,18 @@ class Embedder:
         device: str | None = None,
         batch_size: int = 128,
         amp: bool | None = None,
+        channel_order: str | None = None,
         **backbone_kwargs: Any,
     ) -> "Embedder":
-        """Build from a checkpoint (any layout utils.checkpoint reads) or an ``.onnx`` file."""
+        """Build from a checkpoint (any layout utils.checkpoint reads) or an ``.onnx`` file.
+
+        ``channel_order``: the colour order the checkpoint's network was trained on (None: the
+        layout's); see :func:`load_backbone`. An ONNX model takes what it was exported for.
+        """
         weights = os.fspath(weights)
         if weights.lower().endswith(".onnx"):
             return cls.from_onnx(weights, batch_size=batch_size, device=device)
-        backbone, meta = load_backbone(weights, network, **backbone_kwargs)
+        backbone, meta = load_backbone(weights, network, channel_order, **backbone_kwargs)
         embedder = cls.from_module(
             backbone, device=device or default_device(), batch_size=batch_size, amp=amp
         )
@@ -339,13 +347,16 @@ def embed_faces(
 
 
 def load_backbone(
-    weights: str, network: str | None = None, **backbone_kwargs: Any
+    weights: str, network: str | None = None, channel_order: str | None = None, **backbone_kwargs: Any
 ) -> tuple[nn.Module, dict]:
     """Build the backbone for a checkpoint and load it (CPU, eval mode); return (module, metadata).
 
     ``network=None`` takes the name and kwargs stored in our checkpoints or infers them from the
-    key layout of foreign ones; explicit ``backbone_kwargs`` override stored ones. The metadata is
-    utils.checkpoint's plus ``network`` / ``network_kwargs`` as built.
+    key layout of foreign ones; explicit ``backbone_kwargs`` override stored ones. The module takes
+    RGB crops whatever the file's network was trained on: ``channel_order`` (the file's order,
+    "RGB" or "BGR"; None = the layout's, e.g. BGR for AdaFace's) is converted in the weights
+    (utils.checkpoint.accept_rgb). The metadata is utils.checkpoint's plus ``network`` /
+    ``network_kwargs`` as built and ``channel_order`` as used.
     """
     weights = os.fspath(weights)
     # Read the file once: it gives both the weights and (ours) the network to build.
@@ -355,8 +366,12 @@ def load_backbone(
         backbone_kwargs = {**saved_kwargs, **backbone_kwargs}
     backbone = get_backbone(network, **backbone_kwargs)
     apply_state(backbone, state, meta)
+    order = check_channel_order(channel_order, "--channel-order") if channel_order else meta["channel_order"]
+    accept_rgb(backbone, order, weights)
+    if order != "RGB":
+        log.info("%s: a network trained on %s images; its stem now takes RGB", weights, order)
     meta.pop("header", None)  # class centers: large and useless for embedding
-    meta.update(network=network, network_kwargs=backbone_kwargs)
+    meta.update(network=network, network_kwargs=backbone_kwargs, channel_order=order)
     return backbone.eval(), meta
 
 
@@ -366,9 +381,12 @@ def _network_from_checkpoint(path: str, state: dict, meta: dict) -> tuple[str, d
         return meta["network"], dict(meta.get("network_kwargs") or {})
     guess = infer_network(state)
     if guess is None or guess[0] is None:
-        raise ValueError(
+        known = "".join(f"\n  - {line}" for line in KNOWN_LAYOUTS)
+        raise CheckpointError(
             f"{path}: no network name stored in this checkpoint and its layout is not a known "
-            f"one{f' ({guess[2]})' if guess else ''}; pass network= (e.g. 'iresnet50')"
+            f"one{f' ({guess[2]})' if guess else ''}; its first keys: {list(state)[:8]}; pass "
+            f"--network (e.g. iresnet50). Known layouts:{known}"
         )
-    log.info("%s: network inferred from the weights: %s", path, guess[2])
-    return guess[0], guess[1]
+    kwargs = {**guess[1], **meta.get("layout_kwargs", {})}
+    log.info("%s: network inferred from the weights (%s layout): %s", path, meta["format"], guess[2])
+    return guess[0], kwargs

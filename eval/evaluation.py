@@ -37,7 +37,7 @@ from tqdm import tqdm
 from eval import verification
 from eval.embedder import Embedder, load_backbone
 from eval.steps import ResultCache, best_steps, evaluate_steps, file_stamp, report_steps, settings_key
-from utils.checkpoint import CheckpointError
+from utils.checkpoint import CheckpointError, add_channel_order_argument
 from utils.cli import UsageError, run_cli
 from utils.errors import UnknownNameError
 from utils.fileio import atomic_path, refuse_overwrite
@@ -138,21 +138,24 @@ def load_model(
     batch_size: int = 128,
     amp: bool = False,
     image_size: Sequence[int] = (112, 112),
+    channel_order: str | None = None,
 ) -> tuple[list[Embedder], dict[str, Any]]:
     """One checkpoint's embedders (a model copy per device; ONNX: one) and its metadata.
 
-    Metadata: ``network``, ``network_kwargs``, ``step``, ``format``. ``amp`` applies on CUDA only.
+    Metadata: ``network``, ``network_kwargs``, ``step``, ``format``, ``channel_order``. ``amp``
+    applies on CUDA only; ``channel_order`` as eval.embedder.load_backbone.
     """
     image_size = (int(image_size[0]), int(image_size[1]))
     if path.lower().endswith(".onnx"):
         embedder = Embedder.from_onnx(path, batch_size=batch_size, device=str(devices[0]))
         return [embedder], {"network": "onnx", "step": step_from_filename(path), "format": "onnx"}
-    backbone, meta = load_backbone(path, network, **(network_kwargs or {}))
+    backbone, meta = load_backbone(path, network, channel_order, **(network_kwargs or {}))
     return _device_embedders(backbone, devices, batch_size, amp, image_size), {
         "network": meta["network"],
         "network_kwargs": meta["network_kwargs"],
         "step": meta.get("step", step_from_filename(path)),
         "format": meta.get("format"),
+        "channel_order": meta["channel_order"],
     }
 
 
@@ -255,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--network", default=None,
                    help="backbone name (e.g. iresnet50); default: read from our checkpoints or "
                         "inferred from the weights' layout")
+    add_channel_order_argument(p)
     p.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help="comma-separated bin names")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--nfolds", type=int, default=10)
@@ -307,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         """{"meta": the checkpoint's metadata, target: metrics} for the targets among ``parts``."""
         try:
             embedders, meta = load_model(path, devices, args.network, kwargs, args.batch_size, args.amp,
-                                         args.image_size)
+                                         args.image_size, args.channel_order)
         except UnknownNameError:  # --network names no backbone: a usage error, for every file
             raise
         except ValueError as exc:  # the network cannot be told (e.g. a folder's header file)
@@ -328,6 +332,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if folder:
         cache = ResultCache(os.path.join(args.weights, CACHE_NAME))
         model = {"network": args.network, "network_kwargs": kwargs, "amp": args.amp}
+        if args.channel_order:  # only when given: the cache keys of earlier runs stay valid
+            model["channel_order"] = args.channel_order
         parts = {META: META, **target_settings(args.data_dir, present, args.nfolds, args.image_size, model)}
         steps = [(step_from_filename(path), path) for path in checkpoints]
         rows = evaluate_steps(steps, cache, parts, evaluate, refresh=args.no_cache, skip=(CheckpointError,))

@@ -22,7 +22,8 @@ from typing import Any, Callable, Mapping, Sequence
 from utils.fileio import atomic_write_bytes
 
 __all__ = [
-    "settings_key", "file_stamp", "ResultCache", "evaluate_steps", "best_steps", "format_steps", "report_steps",
+    "settings_key", "optional_settings", "file_stamp", "ResultCache", "evaluate_steps", "best_steps",
+    "format_steps", "report_steps",
 ]
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,11 @@ log = logging.getLogger(__name__)
 def settings_key(settings: Mapping[str, Any]) -> str:
     """A short stable hash of what, besides the weights, determines a result."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def optional_settings(**values: Any) -> dict[str, Any]:
+    """The options that were given (not None): a new option keeps the keys of runs made without it."""
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def file_stamp(path: str | os.PathLike) -> dict[str, int]:

@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from methods import sharded_state
-from utils.checkpoint import apply_state, extract_backbone_state, load_state
+from utils.checkpoint import accept_rgb, apply_state, extract_backbone_state, load_state
 from utils.dataset import get_train_dataset
 from utils.distributed import DistEnv
 from utils.sampler import ResumableBatchSampler, ResumableDistributedSampler
@@ -91,6 +91,12 @@ class TrainingMethod(nn.Module):
         obj = load_state(path)
         state, meta = extract_backbone_state(obj, path)
         apply_state(self.backbone, state, meta)
+        accept_rgb(self.backbone, meta["channel_order"], path)  # the training data are RGB
+        notes = [f"its {meta['channel_order']} input converted to RGB"] if meta["channel_order"] != "RGB" else []
+        if meta.get("layout_kwargs"):  # e.g. MagFace's BN eps: the configured backbone keeps its own
+            notes.append(f"its network's {meta['layout_kwargs']} not applied to the configured backbone")
+        if notes:
+            log.info(f"init_weights: {path} ({meta['format']}): " + "; ".join(notes))
         self.backbone_loaded()
         self.load_init_extra(obj, meta, path)
 

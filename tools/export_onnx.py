@@ -28,6 +28,7 @@ from torch import nn
 
 from eval.embedder import IMAGE_SIZE, load_backbone
 from tools import check_onnx as mfr_rules
+from utils.checkpoint import add_channel_order_argument
 from utils.cli import run_cli
 from utils.errors import UsageError
 from utils.fileio import atomic_path, refuse_overwrite
@@ -140,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=None, help="iresnet width (default 64)")
     p.add_argument("--num-features", type=int, default=None, help="embedding size (default 512)")
     p.add_argument("--use-se", action="store_true", help="iresnet with squeeze-and-excitation")
+    add_channel_order_argument(p)
     p.add_argument("--opset", type=int, default=None,
                    help=f"ONNX opset (default {DEFAULT_OPSET}; {MFR_OPSET} with --mfr, at most "
                         f"{mfr_rules.MAX_OPSET})")
@@ -163,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if args.use_se:
         kwargs["use_se"] = True
-    backbone, meta = load_backbone(args.weights, args.network, **kwargs)
+    backbone, meta = load_backbone(args.weights, args.network, args.channel_order, **kwargs)  # RGB input
     if args.mfr:
         backbone = backbone.float()  # fp16 weights are against the MFR rules
     metadata = {

@@ -1,24 +1,15 @@
 """Backbone weights: load any known checkpoint layout into a backbone, export a backbone file.
 
-Layouts :func:`load_weights` understands (all read with ``torch.load(weights_only=True)``, so a
-downloaded file can never run code):
-
-* this project's training checkpoints ``{"format": "contraface", "backbone": ..., "head": ...}``
-  and exported backbone files ``{"format": "contraface-backbone", "backbone": ...}``;
-* the original ContraFace/ElasticFace ``{step}model.pth``: a flat state dict with ``backbone.*``
-  keys and the class centers as ``header.kernel`` (the header is returned in the metadata);
-* insightface ``backbone.pth``: a flat state dict with plain keys (``conv1.weight`` ...);
-* FaceCL's ``model_{epoch}.pt``: the UniMoCo state dict (``encoder_q.*``, ``encoder_k.*``,
-  ``projection_*``, queues); the query encoder ``encoder_q`` is taken;
-* any of these with a DDP ``module.`` (or ``torch.compile`` ``_orig_mod.``) prefix, or wrapped
-  in ``{"state_dict": ...}`` / ``{"model": ...}`` / ``{"state_dict_backbone": ...}``.
+Every file is read with ``torch.load(weights_only=True)``, so a downloaded file can never run
+code; utils/layouts.py finds the backbone in it (this project's files, the original ContraFace's,
+insightface / arcface_torch / ElasticFace, AdaFace's Lightning ``.ckpt``, MagFace, CurricularFace,
+TFace, SCF, FaceCL) and names its network from the keys.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-import re
 from typing import Any, Mapping
 
 import torch
@@ -26,6 +17,7 @@ from torch import nn
 
 from utils.errors import CheckpointError, UnsafeCheckpointError
 from utils.fileio import atomic_path
+from utils.layouts import BACKBONE_FORMAT, TRAINING_FORMAT, extract_backbone_state, infer_network, layer_blocks
 from utils.run_files import step_from_filename
 
 __all__ = [
@@ -39,30 +31,17 @@ __all__ = [
     "extract_backbone_state",
     "infer_network",
     "read_checkpoint_meta",
+    "CHANNEL_ORDERS",
+    "add_channel_order_argument",
+    "check_channel_order",
+    "accept_rgb",
     "export_backbone",
 ]
 
-TRAINING_FORMAT = "contraface"
-BACKBONE_FORMAT = "contraface-backbone"
 FORMAT_VERSION = 1
 
-# Keys that hold the model in common wrappers, most specific first.
-_WRAPPER_KEYS = ("state_dict_backbone", "state_dict", "model_state_dict", "model", "net")
-# Prefixes added by wrappers around the backbone (DDP, torch.compile).
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # How many offending keys an error message lists.
 _MAX_LISTED = 5
-
-IRESNET_DEPTHS = {
-    (2, 2, 2, 2): "iresnet18",
-    (3, 4, 6, 3): "iresnet34",
-    (3, 4, 14, 3): "iresnet50",
-    (3, 13, 30, 3): "iresnet100",
-    (6, 26, 60, 6): "iresnet200",
-}
-MOBILEFACENET_SCALES = {2: "mobilefacenet", 4: "mobilefacenet_large"}
-_LAYER_KEY = re.compile(r"^layer([1-4])\.(\d+)\.")
-
 
 # What torch.save writes: a zip archive (torch >= 1.6), or a pickle stream (the legacy format;
 # protocol 2 by default, PROTO opcode 0x80 then the protocol number).
@@ -111,134 +90,6 @@ def load_state(path: str | os.PathLike) -> Any:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
 
 
-def _is_state_dict(obj: Any) -> bool:
-    """A non-empty mapping of str -> tensor."""
-    return (
-        isinstance(obj, Mapping)
-        and len(obj) > 0
-        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
-    )
-
-
-def _strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """Drop ``prefix`` when every key carries it (a DDP-wrapped dict), else return as is."""
-    if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
-    return dict(state)
-
-
-def _strip_wrappers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove DDP / torch.compile prefixes, however they are nested."""
-    state = dict(state)
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _WRAPPER_PREFIXES:
-            stripped = _strip_prefix(state, prefix)
-            if stripped.keys() != state.keys():
-                state, changed = stripped, True
-    return state
-
-
-def extract_backbone_state(
-    obj: Any, path: str = "<checkpoint>"
-) -> tuple[dict[str, torch.Tensor], dict]:
-    """Find the backbone state dict in a loaded checkpoint object; return (state, metadata)."""
-    meta: dict[str, Any] = {"path": path}
-    if isinstance(obj, Mapping) and obj.get("format") in (TRAINING_FORMAT, BACKBONE_FORMAT):
-        meta["format"] = obj["format"]
-        for key in ("version", "network", "network_kwargs", "step", "epoch"):
-            if key in obj:
-                meta[key] = obj[key]
-        if not _is_state_dict(obj.get("backbone")):
-            raise CheckpointError(
-                f"{path}: {obj['format']!r} checkpoint has no 'backbone' state dict"
-            )
-        return _strip_wrappers(obj["backbone"]), meta
-    # Unwrap {"state_dict": {...}} and similar, possibly several levels deep.
-    wrappers = []
-    while isinstance(obj, Mapping) and not _is_state_dict(obj):
-        key = next((k for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
-        if key is None and "backbone" in obj and _is_state_dict(obj["backbone"]):
-            key = "backbone"
-        if key is None:
-            break
-        wrappers.append(key)
-        obj = obj[key]
-    if not _is_state_dict(obj):
-        kind = type(obj).__name__
-        keys = f" with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, Mapping) else ""
-        raise CheckpointError(
-            f"{path}: no backbone state dict found (top level is a {kind}{keys}); expected a "
-            f"state dict, a ContraFace {{step}}model.pth, an insightface backbone.pth or a "
-            f"checkpoint of this project"
-        )
-    if wrappers:
-        meta["wrapper"] = ".".join(wrappers)
-    state = _strip_wrappers(obj)
-    if any(k.startswith("encoder_q.") for k in state):
-        # FaceCL's model_{epoch}.pt: the whole UniMoCo state dict; the query encoder is the network
-        meta["format"] = "facecl-unimoco"
-        return {k[len("encoder_q."):]: v for k, v in state.items() if k.startswith("encoder_q.")}, meta
-    if any(k.startswith("backbone.") for k in state):
-        # ContraFace/ElasticFace {step}model.pth: backbone.* plus header.kernel (class centers).
-        meta["format"] = "contraface-original"
-        rest = {k: v for k, v in state.items() if not k.startswith("backbone.")}
-        state = _strip_wrappers(
-            {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-        )
-        if rest:
-            meta["header"] = {_drop_prefix(k, "header."): v for k, v in rest.items()}
-    else:
-        meta.setdefault("format", "state_dict")
-    return state, meta
-
-
-def _drop_prefix(key: str, prefix: str) -> str:
-    return key.removeprefix(prefix)
-
-
-def _layer_blocks(keys) -> tuple[int, ...] | None:
-    """Block counts of layer1..4 from iresnet-style keys (``layer3.13.conv1.weight``)."""
-    counts = [0, 0, 0, 0]
-    for key in keys:
-        match = _LAYER_KEY.match(key)
-        if match:
-            stage, block = int(match.group(1)) - 1, int(match.group(2))
-            counts[stage] = max(counts[stage], block + 1)
-    return tuple(counts) if any(counts) else None
-
-
-def infer_network(
-    state: Mapping[str, torch.Tensor],
-) -> tuple[str | None, dict[str, Any], str] | None:
-    """Guess (network name or None, builder kwargs, description) from a backbone state dict."""
-    blocks = _layer_blocks(state)
-    if blocks is not None and "conv1.weight" in state:
-        width = int(state["conv1.weight"].shape[0])
-        kwargs: dict[str, Any] = {}
-        if width != 64:
-            kwargs["width"] = width
-        if "features.weight" in state and int(state["features.weight"].shape[0]) != 512:
-            kwargs["num_features"] = int(state["features.weight"].shape[0])
-        if any(".se_block." in k for k in state):
-            kwargs["use_se"] = True
-        name = IRESNET_DEPTHS.get(blocks)
-        extras = "".join(f", {k}={v}" for k, v in kwargs.items())
-        desc = f"{name or 'iresnet'} (blocks {list(blocks)}{extras})"
-        return name, kwargs, desc
-    if "conv_sep.layers.0.weight" in state and "layers.0.layers.0.weight" in state:
-        scale = int(state["layers.0.layers.0.weight"].shape[0]) // 64
-        kwargs = {}
-        linear = state.get("features.layers.2.weight")  # GDC's Linear(512, num_features)
-        if linear is not None and int(linear.shape[0]) != 512:
-            kwargs["num_features"] = int(linear.shape[0])
-        name = MOBILEFACENET_SCALES.get(scale)
-        extras = "".join(f", {k}={v}" for k, v in kwargs.items())
-        return name, kwargs, f"{name or 'mobilefacenet'} (scale {scale}{extras})"
-    return None
-
-
 def _shape(t: torch.Tensor) -> list[int]:
     return list(t.shape)
 
@@ -277,7 +128,7 @@ def _mismatch_message(
             f"  hint: this looks like {article} {ckpt_arch[2]} checkpoint but the model is "
             f"{model_arch[2]}"
         )
-        blocks_c, blocks_m = _layer_blocks(state), _layer_blocks(own)
+        blocks_c, blocks_m = layer_blocks(state), layer_blocks(own)
         if blocks_c and blocks_m and blocks_c != blocks_m:
             stages = [
                 f"layer{i + 1} has {blocks_c[i]} blocks in the checkpoint, "
@@ -294,7 +145,8 @@ def _mismatch_message(
             lines.append(f"        build it with --network {ckpt_arch[0]}{kw}")
     elif ckpt_arch is None:
         lines.append(
-            "  hint: the checkpoint does not look like an iresnet or mobilefacenet backbone"
+            "  hint: the checkpoint's keys are not those of a known backbone (iresnet, IR / IR-SE, "
+            "mobilefacenet)"
         )
     return "\n".join(lines)
 
@@ -335,6 +187,40 @@ def apply_state(
     if not strict:
         meta["missing_keys"], meta["unexpected_keys"] = missing, unexpected
     return meta
+
+
+CHANNEL_ORDERS = ("RGB", "BGR")
+
+
+def check_channel_order(order: str, source: str = "channel_order") -> str:
+    """``order`` upper-cased, or a CheckpointError naming ``source`` and the allowed values."""
+    if str(order).upper() not in CHANNEL_ORDERS:
+        raise CheckpointError(f"{source}: unknown channel order {order!r}; expected one of {list(CHANNEL_ORDERS)}")
+    return str(order).upper()
+
+
+def add_channel_order_argument(parser: Any) -> None:
+    """The evaluators' ``--channel-order``: the colour order a checkpoint's network was trained on."""
+    parser.add_argument(
+        "--channel-order", type=str.upper, choices=CHANNEL_ORDERS, default=None,
+        help="colour order the weights were trained on (default: the file's layout says: BGR for AdaFace's "
+             ".ckpt, else RGB); a BGR network is converted to take the RGB crops every evaluator feeds")
+
+
+def accept_rgb(module: nn.Module, channel_order: str, path: str = "<checkpoint>") -> None:
+    """Make a network trained on ``channel_order`` images take RGB ones, as every pipeline here feeds.
+
+    For BGR the input channels of the stem (the first 3-channel convolution) are reversed, which is
+    exact: a convolution is linear in its channels and the usual normalisation, (x - 127.5) / 127.5,
+    is the same for each. Training, evaluation and ONNX export then need no per-model conversion.
+    """
+    if check_channel_order(channel_order) == "RGB":
+        return
+    stem = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
+    if stem is None or stem.in_channels != 3 or stem.groups != 1:
+        raise CheckpointError(f"{path}: cannot convert a BGR network to RGB input: no 3-channel stem convolution")
+    with torch.no_grad():
+        stem.weight.copy_(stem.weight.flip(1))
 
 
 def read_checkpoint_meta(path: str | os.PathLike) -> dict:

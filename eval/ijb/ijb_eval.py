@@ -33,7 +33,8 @@ import numpy as np
 from eval import extract
 from eval.ijb import metrics, report
 from eval.ijb.data import IJBAlignedFaces, IJBMeta, load_meta, load_meta_1n
-from eval.steps import ResultCache, evaluate_steps, file_stamp, report_steps, settings_key
+from eval.steps import ResultCache, evaluate_steps, file_stamp, optional_settings, report_steps, settings_key
+from utils.checkpoint import add_channel_order_argument
 from utils.cli import run_cli
 from utils.distributed import DistEnv, broadcast_object
 from utils.fileio import atomic_path, refuse_overwrite
@@ -63,6 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="backbone name; read from our checkpoints when omitted")
     p.add_argument("--width", type=int, default=None,
                    help="backbone width (only for checkpoints without metadata)")
+    add_channel_order_argument(p)
     p.add_argument("--data-root", required=True,
                    help="folder holding IJBC/ and/or IJBB/ (or the release folder itself)")
     p.add_argument("--target", default="IJBC", type=str.upper, choices=["IJBC", "IJBB"])
@@ -113,6 +115,7 @@ def feature_cache_key(args: argparse.Namespace, meta: IJBMeta) -> tuple[str, dic
         "image_list": os.path.abspath(meta.paths.name_5pts_score),
         "image_list_stamp": file_stamp(meta.paths.name_5pts_score),
         "image_size": 112,
+        **optional_settings(channel_order=args.channel_order),
     }
     return settings_key(info), info
 
@@ -137,7 +140,7 @@ def load_embedder(args: argparse.Namespace):
 
     kwargs = {} if args.width is None else {"width": args.width}
     return Embedder.load(args.weights, network=args.network, device=args.device,
-                         batch_size=args.batch_size, amp=args.amp, **kwargs)
+                         batch_size=args.batch_size, amp=args.amp, channel_order=args.channel_order, **kwargs)
 
 
 def cached_features(path: str, meta: IJBMeta) -> tuple[np.ndarray, np.ndarray] | None:
@@ -341,7 +344,7 @@ def evaluate_run_folder(args: argparse.Namespace, env: DistEnv | None = None) ->
     files = [meta.paths.name_5pts_score, meta.paths.pair_label]
     settings = settings_key({
         "target": target, "mode": args.mode, "test_modes": args.test_modes, "network": args.network,
-        "width": args.width, "amp": args.amp,
+        "width": args.width, "amp": args.amp, **optional_settings(channel_order=args.channel_order),
         "data": [{"path": os.path.abspath(f), **file_stamp(f)} for f in files],
     })
     os.makedirs(args.output, exist_ok=True)

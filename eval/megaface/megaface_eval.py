@@ -48,7 +48,8 @@ import numpy as np
 import torch
 
 from eval import extract
-from eval.steps import ResultCache, evaluate_steps, file_stamp, report_steps, settings_key
+from eval.steps import ResultCache, evaluate_steps, file_stamp, optional_settings, report_steps, settings_key
+from utils.checkpoint import add_channel_order_argument
 from utils.cli import run_cli
 from utils.distributed import DistEnv
 from utils.fileio import atomic_write_bytes
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "folder (every per-step weight file in it)")
     g.add_argument("--network", help="backbone name (read from our checkpoints when omitted)")
     g.add_argument("--width", type=int, help="backbone width (reduced-width iresnets)")
+    add_channel_order_argument(g)
     g.add_argument("--device", help="cuda / cpu (default: cuda when available)")
     g.add_argument("--batch-size", type=int, default=128)
     g.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1),
@@ -210,6 +212,7 @@ def _feature_stamp(args: argparse.Namespace) -> dict:
         "width": args.width,
         "flip": not args.no_flip,
         "amp": not args.no_amp,  # AMP (on CUDA) changes the features too
+        **optional_settings(channel_order=args.channel_order),
     }
 
 
@@ -235,7 +238,8 @@ def _load_embedder(args: argparse.Namespace) -> EmbedFn:
 
     kwargs = {"width": args.width} if args.width else {}
     return Embedder.load(args.weights, network=args.network, device=args.device,
-                         batch_size=args.batch_size, amp=False if args.no_amp else None, **kwargs)
+                         batch_size=args.batch_size, amp=False if args.no_amp else None,
+                         channel_order=args.channel_order, **kwargs)
 
 
 def _union(lists: dict[int, list[str]]) -> tuple[list[str], dict[str, int]]:
@@ -397,6 +401,7 @@ def run_folder(args: argparse.Namespace, env: DistEnv | None = None) -> dict:
     settings = settings_key({
         "sizes": cfg["sizes"], "fars": args.fars, "max_rank": args.max_rank, "flip": not args.no_flip,
         "network": args.network, "width": args.width, "distractor_set": args.distractor_set,
+        **optional_settings(channel_order=args.channel_order),
         "seed": args.seed, "roots": [os.path.abspath(args.facescrub_root), os.path.abspath(args.megaface_root)],
         "lists": [{"path": os.path.abspath(p), **file_stamp(p)} for p in lists],
     })
