@@ -3,7 +3,9 @@
 Every backbone maps a (N, 3, 112, 112) batch to (N, num_features) embeddings and offers
 ``forward_trunk`` / ``forward_head`` / ``double_forward`` and a ``dropout_p`` property
 (backbones/base.py). The builders register themselves in ``BACKBONES`` (a
-``utils.registry.Registry``) where they are defined, in iresnet.py and mobilefacenet.py.
+``utils.registry.Registry``) where they are defined: iresnet.py, irse.py (the IR networks of
+face.evoLVe / CurricularFace / SCF and of AdaFace / TFace, under the authors' key names) and
+mobilefacenet.py.
 """
 
 from __future__ import annotations
@@ -14,11 +16,33 @@ from torch import nn
 
 from .base import BACKBONES
 from .iresnet import IResNet, iresnet18, iresnet34, iresnet50, iresnet100, iresnet200
+from .irse import (
+    IRNet,
+    adaface_ir_18,
+    adaface_ir_34,
+    adaface_ir_50,
+    adaface_ir_101,
+    adaface_ir_152,
+    adaface_ir_200,
+    adaface_ir_se_18,
+    adaface_ir_se_34,
+    adaface_ir_se_50,
+    adaface_ir_se_101,
+    adaface_ir_se_152,
+    adaface_ir_se_200,
+    evolve_ir_50,
+    evolve_ir_101,
+    evolve_ir_152,
+    evolve_ir_se_50,
+    evolve_ir_se_101,
+    evolve_ir_se_152,
+)
 from .mobilefacenet import MobileFaceNet, mobilefacenet, mobilefacenet_large
 
 __all__ = [
     "BACKBONES",
     "IResNet",
+    "IRNet",
     "MobileFaceNet",
     "get_backbone",
     "list_backbones",
@@ -29,6 +53,24 @@ __all__ = [
     "iresnet200",
     "mobilefacenet",
     "mobilefacenet_large",
+    "adaface_ir_18",
+    "adaface_ir_34",
+    "adaface_ir_50",
+    "adaface_ir_101",
+    "adaface_ir_152",
+    "adaface_ir_200",
+    "adaface_ir_se_18",
+    "adaface_ir_se_34",
+    "adaface_ir_se_50",
+    "adaface_ir_se_101",
+    "adaface_ir_se_152",
+    "adaface_ir_se_200",
+    "evolve_ir_50",
+    "evolve_ir_101",
+    "evolve_ir_152",
+    "evolve_ir_se_50",
+    "evolve_ir_se_101",
+    "evolve_ir_se_152",
 ]
 
 

@@ -120,12 +120,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--num-features", type=int, default=512, help="embedding size (512)")
     parser.add_argument("--use-se", action="store_true", help="iresnet with SE blocks")
-    parser.add_argument("--width", type=int, default=None, help="iresnet first-stage width (64)")
+    parser.add_argument("--width", type=int, default=None, help="iresnet / IR first-stage width (64)")
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     # The iresnet options not given are None, which get_backbone leaves out: mobilefacenet names
-    # work without them.
+    # work without them (and the IR names without use_se, which their names fix).
     extra = {"use_se": True if args.use_se else None, "width": args.width}
     print(f"{'backbone':<20} {'Mparams':>9} {'GMACs':>8} {'2xGMACs':>8} {'reference GMACs':>16}")
     for name in args.names:
@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with torch.device("meta"):
                 model = get_backbone(name, num_features=args.num_features, **extra)
         except TypeError as e:
-            parser.error(f"{name}: {e} (--use-se/--width apply to iresnet backbones only)")
+            parser.error(f"{name}: {e} (--use-se applies to iresnet only, --width to iresnet and IR)")
         except ValueError as e:
             parser.error(str(e))
         params = count_parameters(model) / 1e6
