@@ -187,3 +187,18 @@ def test_keep_all_checkpoints_and_a_backbone_per_evaluation(data_dir, tmp_path):
     highest = [float(line.rsplit(" ", 1)[1]) for line in log_lines(out, "[lfw]Accuracy-Highest")]
     mean_highest = [float(line.rsplit(" ", 1)[1]) for line in log_lines(out, "[mean]Accuracy-Highest")]
     assert mean_highest == highest and len(highest) == 3
+
+
+@pytest.mark.parametrize("network", ["ir_18", "ir_se_evolve_50"])
+def test_ir_backbones_train_with_contraface_and_export(data_dir, tmp_path, network):
+    # AdaFace's / face.evoLVe's IR: stage 1 and ContraFace's two dropout views (epoch 1 on)
+    out = tmp_path / "run"
+    train.main(args(data_dir, out, f"network={network}", "num_epoch=2", "shrink_epoch=[2]"))
+    log = (out / "training.log").read_text()
+    assert "[12][E 1]" in log and "-LC" in log  # the contrastive loss of the double branch
+    from eval.embedder import load_backbone
+
+    backbone, meta = load_backbone(str(out / "backbone.pth"))
+    assert meta["network"] == network and meta["network_kwargs"] == {"width": 8, "num_features": 32}
+    last = checkpoints.read_checkpoint(str(out / "checkpoint-12.pt"))
+    torch.testing.assert_close(backbone.state_dict(), last["backbone"], rtol=0, atol=0)

@@ -123,3 +123,11 @@ def test_facecl_command_two_processes_on_cpu(data_dir, tmp_path, launcher):
     assert torch.equal(a["queue"], b["queue"]) and torch.equal(a["label_queue"], b["label_queue"])
     assert a["queue_ptr"].item() == (6 * 8) % 16 and (a["label_queue"] >= 0).all()
     assert not torch.equal(a["encoder_k.bn1.running_mean"], b["encoder_k.bn1.running_mean"])
+
+
+def test_unimoco_trains_an_ir_backbone(data_dir, tmp_path):
+    out = tmp_path / "run"
+    train_unimoco.main(args(data_dir, out, "num_epoch=1", "network=ir_se_18"))
+    assert "[6][lfw]Accuracy-Flip" in (out / "training.log").read_text()
+    backbone = get_backbone("ir_se_18", width=8, num_features=32)
+    load_weights(backbone, str(out / "backbone.pth"))
