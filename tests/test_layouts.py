@@ -10,6 +10,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -188,5 +189,28 @@ def test_another_depth_names_the_file_and_the_keys(tmp_path):
 def test_infer_network_names_every_authors_network(layout):
     spec = json.loads((LAYOUTS / layout).read_text())
     state = {key: torch.empty(shape, device="meta") for key, shape in spec["keys"].items()}
-    name, kwargs, _ = infer_network(state)
+    backbone, _ = extract_backbone_state({"state_dict": state}, layout)
+    name, kwargs, _ = infer_network(backbone)
     assert name == spec["ours"] and kwargs == {}
+
+
+def test_magface_file_gives_the_embeddings_of_magface_network(tmp_path):
+    # magface_iresnet18.npy: MagFace's own iresnet18 (eps 2e-5) with tests/test_irse.fill_state's
+    # weights on seeded_inputs(); the file is written as their DDP trainer saves it
+    from test_irse import fill_state, seeded_inputs
+
+    spec = json.loads((LAYOUTS / "magface_iresnet18.json").read_text())
+    weights = fill_state(get_backbone("iresnet18")).state_dict()
+    state = {f"features.module.{k}": v for k, v in weights.items()}
+    state["fc.weight"] = torch.randn(spec["keys"]["fc.weight"])
+    assert {k.replace("features.module.", "features."): list(v.shape) for k, v in state.items()} == spec["keys"]
+    torch.save({"epoch": 25, "arch": "iresnet18", "state_dict": state}, tmp_path / "magface_epoch_00025.pth")
+    loaded, _ = load_backbone(str(tmp_path / "magface_epoch_00025.pth"))
+    with torch.no_grad():
+        ours = loaded(seeded_inputs()).numpy()
+    expected = np.load(LAYOUTS / "magface_iresnet18.npy")
+    scale = np.abs(expected).max()
+    assert np.abs(ours - expected).max() < 1e-6 * scale
+    with torch.no_grad():  # bit-identical with eps 2e-5; built with insightface's 1e-5 it is 2.5e-5 off
+        other = fill_state(get_backbone("iresnet18")).eval()(seeded_inputs()).numpy()
+    assert np.abs(other - expected).max() > 1e-5 * scale
