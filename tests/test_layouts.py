@@ -214,3 +214,15 @@ def test_magface_file_gives_the_embeddings_of_magface_network(tmp_path):
     with torch.no_grad():  # bit-identical with eps 2e-5; built with insightface's 1e-5 it is 2.5e-5 off
         other = fill_state(get_backbone("iresnet18")).eval()(seeded_inputs()).numpy()
     assert np.abs(other - expected).max() > 1e-5 * scale
+
+
+def test_adaface_ckpt_gives_adaface_network_embeddings_of_the_same_faces(tmp_path):
+    # adaface_ir_18.npy: AdaFace's own IR-18 on seeded_inputs() taken as BGR; we feed the RGB image
+    from test_irse import fill_state, seeded_inputs
+
+    torch.save(lightning_ckpt(fill_state(get_backbone("ir_18"))), tmp_path / "adaface_ir18_casia.ckpt")
+    loaded, meta = load_backbone(str(tmp_path / "adaface_ir18_casia.ckpt"))
+    with torch.no_grad():
+        ours = loaded(seeded_inputs().flip(1)).numpy()
+    expected = np.load(LAYOUTS / "adaface_ir_18.npy")
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
